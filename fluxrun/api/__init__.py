@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). Never imports the worker or backends: no torch here."""

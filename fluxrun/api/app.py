@@ -1,0 +1,96 @@
+"""create_app: the FastAPI application, its error handlers and its lease reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from fluxrun import __version__
+from fluxrun.api.routes import files, run, task, tool
+from fluxrun.api.state import AppState
+from fluxrun.config import Settings
+from fluxrun.errors import FluxrunError
+from fluxrun.storage.base import OutputStorage
+from fluxrun.store.base import TaskStore
+
+log = logging.getLogger("fluxrun.api")
+
+
+def create_app(settings: Settings, store: TaskStore, storage: OutputStorage, *, reaper: bool = True) -> FastAPI:
+    state = AppState(settings=settings, store=store, storage=storage)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        job = asyncio.create_task(_reap_forever(state)) if reaper else None
+        try:
+            yield
+        finally:
+            if job:
+                job.cancel()
+
+    app = FastAPI(title="fluxrun", version=__version__, lifespan=lifespan)
+    app.state.fluxrun = state
+    for module in (run, task, tool, files):
+        app.include_router(module.router)
+    app.add_exception_handler(FluxrunError, _fluxrun_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _request_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+async def _reap_forever(state: AppState) -> None:
+    """Re-queue tasks whose worker died, even when no worker is alive to notice."""
+    while True:
+        try:
+            now = time.time()
+            expired = await run_in_threadpool(state.store.expire_leases, now, state.settings.max_attempts)
+            for item in expired:
+                log.warning("task %s: attempt %s lost its worker; %s", item.task_id, item.attempt,
+                            "queued again" if item.requeued else "attempt limit reached, failed")
+            await run_in_threadpool(state.store.forget_old_nonces, now)
+        except Exception:  # the database may be down for a while; keep trying
+            log.exception("lease reaper")
+        await asyncio.sleep(state.settings.reaper_seconds)
+
+
+async def _fluxrun_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FluxrunError)
+    return JSONResponse(exc.to_wire(), status_code=exc.http_status)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "Not found."
+    code = 1 if exc.status_code in (404, 405) else 0
+    return JSONResponse(
+        {"result": False, "errors": [{"code": code, "message": message}]},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _request_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+    message = f"{field or 'request'}: {first.get('msg', 'is invalid')}"
+    return JSONResponse({"result": False, "errors": [{"code": 0, "message": message}]}, status_code=200)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        {"result": False, "errors": [{"code": 0, "message": "Internal server error; the server log has details."}]},
+        status_code=500,
+    )

@@ -1,0 +1,164 @@
+"""Request bodies in every form the hosted service's clients send (SPEC.md section 1).
+
+- ``application/json``;
+- real ``multipart/form-data`` (with a boundary) and ``application/x-www-form-urlencoded``;
+- the seeds' own curl lines: ``Content-Type: multipart/form-data`` with no boundary and a
+  JSON text as the body, sometimes not quite JSON. The first seed's Task/Detail line puts
+  single quotes inside a shell single-quoted string, so the token arrives unquoted, followed
+  by a trailing comma: ``{ "tasktoken": eDcCm5..., }``. ``parse_lenient`` reads that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from fluxrun.errors import ValidationError
+
+_NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+_LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request's fields as a dict, whatever form the body came in."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
+        form = await request.form()
+        return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("body", "must be UTF-8 text") from None
+    if not text.strip():
+        return {}
+    if content_type.startswith("application/x-www-form-urlencoded") and not text.lstrip().startswith("{"):
+        return dict(parse_qsl(text, keep_blank_values=True))
+    document = parse_lenient(text)
+    if not isinstance(document, dict):
+        raise ValidationError("body", "must be a JSON object or form fields")
+    return document
+
+
+def parse_lenient(text: str) -> Any:
+    """JSON, or the near-JSON that shell quoting makes of it (bare words, single quotes,
+    trailing commas)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    parser = _LenientParser(text)
+    value = parser.value(top=True)
+    parser.skip_space()
+    if parser.pos != len(text):
+        parser.fail("unexpected text after the end")
+    return value
+
+
+class _LenientParser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, why: str) -> None:
+        raise ValidationError("body", f"is not valid JSON: {why} at character {self.pos}")
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        self.skip_space()
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def value(self, top: bool = False) -> Any:
+        char = self.peek()
+        if char == "{":
+            return self.object()
+        if char == "[":
+            return self.array()
+        if char in "\"'":
+            return self.string()
+        if not char:
+            self.fail("missing value")
+        if top:
+            self.fail("expected an object")
+        return self.bare_word(stop=",}]")
+
+    def object(self) -> dict[str, Any]:
+        self.pos += 1
+        result: dict[str, Any] = {}
+        while True:
+            char = self.peek()
+            if char == "}":
+                self.pos += 1
+                return result
+            if char == ",":  # stray or trailing comma
+                self.pos += 1
+                continue
+            if not char:
+                self.fail("unclosed object")
+            key = self.string() if char in "\"'" else self.bare_word(stop=":,}")
+            if self.peek() != ":":
+                self.fail(f"expected ':' after {key!r}")
+            self.pos += 1
+            result[str(key)] = self.value()
+
+    def array(self) -> list[Any]:
+        self.pos += 1
+        items: list[Any] = []
+        while True:
+            char = self.peek()
+            if char == "]":
+                self.pos += 1
+                return items
+            if char == ",":
+                self.pos += 1
+                continue
+            if not char:
+                self.fail("unclosed array")
+            items.append(self.value())
+
+    def string(self) -> str:
+        quote = self.text[self.pos]
+        start = self.pos
+        self.pos += 1
+        chars: list[str] = []
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char == "\\" and self.pos + 1 < len(self.text):
+                chars.append(self.text[self.pos : self.pos + 2])
+                self.pos += 2
+                continue
+            if char == quote:
+                self.pos += 1
+                body = "".join(chars)
+                if quote == "'":
+                    body = body.replace("\\'", "'").replace('"', '\\"')
+                try:
+                    return json.loads(f'"{body}"')
+                except ValueError:
+                    return body
+            chars.append(char)
+            self.pos += 1
+        self.pos = start
+        self.fail("unclosed string")
+        raise AssertionError  # unreachable: fail() raises
+
+    def bare_word(self, stop: str) -> Any:
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in stop:
+            self.pos += 1
+        word = self.text[start : self.pos].strip()
+        if not word:
+            self.fail("missing value")
+        if word in _LITERALS:
+            return _LITERALS[word]
+        if _NUMBER.match(word):
+            return json.loads(word)
+        return word

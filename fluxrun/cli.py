@@ -1,0 +1,196 @@
+"""The command line: serve | api | worker | keys | db."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="fluxrun: a self-hosted text-to-image task service.", no_args_is_help=True)
+keys_app = typer.Typer(help="Projects' API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+# Every flag is also a FLUXRUN_* setting; a flag given on the command line wins.
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory [FLUXRUN_DATA_DIR, default ./data]")]
+DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL [FLUXRUN_DATABASE_URL]")]
+Host = Annotated[Optional[str], typer.Option("--host", help="Listen address [FLUXRUN_HOST, default 127.0.0.1]")]
+Port = Annotated[Optional[int], typer.Option("--port", help="Listen port [FLUXRUN_PORT, default 8000]")]
+Models = Annotated[Optional[str], typer.Option("--models", help="auto | tiny | real [FLUXRUN_MODELS, default auto]")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Worker processes [FLUXRUN_WORKERS, default 1]")]
+PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="Base URL clients use [FLUXRUN_PUBLIC_URL]")]
+
+
+def _settings(**flags: Any) -> Any:
+    from fluxrun.config import Settings
+
+    return Settings(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+def _open_store(settings: Any, migrate: bool = False) -> Any:
+    from fluxrun.store import open_store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.effective_database_url)
+    if migrate:
+        store.migrate()
+    return store
+
+
+@app.command()
+def serve(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    models: Models = None,
+    workers: Workers = None,
+    public_url: PublicUrl = None,
+) -> None:
+    """The API and its worker processes, on the embedded defaults (SQLite, ./data)."""
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, models=models,
+                         workers=workers, public_url=public_url)
+    _logging()
+    from fluxrun.supervisor import WorkerSupervisor
+
+    store = _open_store(settings, migrate=True)
+    _announce(settings, store)
+    supervisor = WorkerSupervisor(settings, settings.workers)
+    supervisor.start()
+    try:
+        _serve_api(settings, store)
+    finally:
+        supervisor.stop()
+        store.close()
+
+
+@app.command()
+def api(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    public_url: PublicUrl = None,
+) -> None:
+    """The API alone (workers run elsewhere with `fluxrun worker`)."""
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, public_url=public_url)
+    _logging()
+    store = _open_store(settings, migrate=True)
+    _announce(settings, store)
+    try:
+        _serve_api(settings, store)
+    finally:
+        store.close()
+
+
+@app.command()
+def worker(data_dir: DataDir = None, database_url: DatabaseUrl = None, models: Models = None) -> None:
+    """One worker process: claims tasks and runs the models."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, models=models)
+    _logging()
+    from fluxrun.worker.main import run_worker
+
+    run_worker(settings)
+
+
+def _serve_api(settings: Any, store: Any) -> None:
+    import uvicorn
+
+    from fluxrun.api.app import create_app
+    from fluxrun.storage.local import LocalStorage
+
+    storage = LocalStorage(settings.outputs_dir)
+    storage.check()
+    uvicorn.run(create_app(settings, store, storage), host=settings.host, port=settings.port, log_level="info")
+
+
+def _announce(settings: Any, store: Any) -> None:
+    from fluxrun.credentials import ensure_first_project
+
+    base_url = settings.effective_public_url
+    first = ensure_first_project(store, settings.credentials_path, base_url)
+    console.print(f"[bold]fluxrun[/bold] at {base_url}  (data: {settings.data_dir.resolve()})")
+    console.print(f"database: {settings.effective_database_url.split('@')[-1]}")
+    if first:
+        console.print("[bold green]Created the first project.[/bold green] Its credentials:")
+        console.print(f"  API key:    {first.project.api_key}")
+        console.print(f"  API secret: {first.project.api_secret}")
+        console.print(f"  (also in {first.path}, mode 0600)")
+    elif settings.credentials_path.exists():
+        console.print(f"credentials of the first project: {settings.credentials_path}")
+    if getattr(settings, "workers", 1) and settings.models != "real":
+        console.print(f"models: {settings.models} (without a CUDA GPU the workers serve TINY random-weight models)")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Project name")],
+    mode: Annotated[str, typer.Option("--mode", help="signature | apikey")] = "signature",
+    as_json: Annotated[bool, typer.Option("--json", help="Print {api_key, api_secret} as JSON")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a project with a new key (and secret, in signature mode)."""
+    if mode not in ("signature", "apikey"):
+        console.print("[red]--mode must be signature or apikey[/red]")
+        raise typer.Exit(2)
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    project = store.create_project(name, mode)
+    if as_json:
+        print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret}))
+    else:
+        console.print(f"project {project.name!r} ({project.mode})")
+        console.print(f"  API key:    {project.api_key}")
+        if project.api_secret:
+            console.print(f"  API secret: {project.api_secret}")
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Every project's key (secrets are not shown)."""
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    projects = store.list_projects()
+    if as_json:
+        print(json.dumps([{"id": p.id, "name": p.name, "mode": p.mode, "api_key": p.api_key,
+                           "active": p.active} for p in projects]))
+        return
+    table = Table("id", "name", "mode", "api key", "state")
+    for p in projects:
+        table.add_row(str(p.id), p.name, p.mode, p.api_key, "active" if p.active else "revoked")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(api_key: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Revoke a key: its requests are refused from now on; its tasks are kept."""
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    if not store.revoke_project(api_key):
+        console.print(f"[red]no active key {api_key}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {api_key}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Apply the database migrations."""
+    _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    console.print("database schema is up to date")
+
+
+def main() -> None:
+    app()

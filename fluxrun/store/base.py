@@ -1,0 +1,209 @@
+"""The TaskStore interface: the durable queue and its state machine.
+
+Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
+- a task is claimed by one worker at a time, under a lease (attempt number + expiry) that
+  the worker renews by heartbeat;
+- an expired lease sends the task back to the queue, up to ``max_attempts``; after that
+  the task ends failed, so no client polls forever;
+- every worker write is fenced by the attempt number: a worker whose lease was taken over
+  gets ``LeaseLost`` and changes nothing;
+- status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from fluxrun.status import Status
+
+AuthMode = Literal["signature", "apikey"]
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    mode: AuthMode
+    api_key: str
+    api_secret: str | None
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    id: str
+    task_id: int
+    name: str
+    content_type: str
+    size: int
+    accesskey: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    """A file a worker has written to storage under the task's output key."""
+
+    name: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: int
+    uuid: str
+    token: str
+    project_id: int
+    tool: str
+    parameters: dict[str, Any]
+    callback_url: str
+    status: Status
+    attempt: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    debugoutput: str
+    debugerror: str
+    pexit: int | None
+    progress: dict[str, Any] | None
+    output_key: str
+    cps: Decimal
+    elapsed: float | None
+    createtime: float
+    accepttime: float | None
+    assigntime: float | None
+    preprocessstarttime: float | None
+    preprocessendtime: float | None
+    starttime: float | None
+    endtime: float | None
+    postprocessstarttime: float | None
+    postprocessendtime: float | None
+    canceltime: float | None
+    kill_requested: bool
+    outputs: tuple[OutputRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on one attempt of one task."""
+
+    task: TaskRecord
+    attempt: int
+    worker_id: str
+    expires_at: float
+
+    @property
+    def task_id(self) -> int:
+        return self.task.id
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    task_id: int
+    attempt: int
+    requeued: bool  # False: the attempt limit was reached and the task ended failed
+
+
+class TaskStore(ABC):
+    # -- set-up ---------------------------------------------------------------------------
+    @abstractmethod
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- projects and keys ----------------------------------------------------------------
+    @abstractmethod
+    def create_project(self, name: str, mode: AuthMode) -> Project: ...
+
+    @abstractmethod
+    def list_projects(self) -> list[Project]: ...
+
+    @abstractmethod
+    def revoke_project(self, api_key: str) -> bool:
+        """Revoke a key; False when no active key has that value."""
+
+    @abstractmethod
+    def project_by_key(self, api_key: str) -> Project | None: ...
+
+    @abstractmethod
+    def use_nonce(self, project_id: int, nonce: str, now: float, forget_after: float | None) -> bool:
+        """Record a nonce; False when this project used it before (a replay)."""
+
+    # -- tasks: the API's side ------------------------------------------------------------
+    @abstractmethod
+    def create_task(
+        self,
+        project_id: int,
+        tool: str,
+        parameters: dict[str, Any],
+        cps: Decimal,
+        callback_url: str = "",
+        debugoutput: str = "",
+    ) -> TaskRecord: ...
+
+    @abstractmethod
+    def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
+        """One task of this project, with its outputs; None when absent or another project's."""
+
+    @abstractmethod
+    def list_tasks(
+        self, project_id: int, *, start: int, limit: int, descending: bool = True, tool: str | None = None
+    ) -> tuple[int, list[TaskRecord]]:
+        """(total matching, one page) of this project's tasks, ordered by id."""
+
+    @abstractmethod
+    def cancel_queued(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
+        """Cancel a task still in the queue; None when it is not queued (any more)."""
+
+    @abstractmethod
+    def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
+        """End a queued or running task as task_cancel at once; its worker stops at its next
+        step check and can no longer write. None when the task already ended."""
+
+    @abstractmethod
+    def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
+        """Re-queue tasks whose lease expired, or fail them after ``max_attempts``."""
+
+    @abstractmethod
+    def forget_old_nonces(self, now: float) -> int: ...
+
+    # -- tasks: the worker's side ---------------------------------------------------------
+    @abstractmethod
+    def claim(self, worker_id: str, lease_seconds: float, now: float, tools: list[str] | None = None) -> Lease | None:
+        """Take the oldest queued task (of ``tools`` if given) under a new lease."""
+
+    @abstractmethod
+    def heartbeat(self, lease: Lease, lease_seconds: float, now: float) -> Lease:
+        """Extend the lease, or raise LeaseLost."""
+
+    @abstractmethod
+    def advance(self, lease: Lease, status: Status, now: float, note: str | None = None) -> None:
+        """Move to ``status`` (setting its time); ``note`` is appended to debugoutput."""
+
+    @abstractmethod
+    def record_progress(self, lease: Lease, progress: dict[str, Any], now: float) -> None:
+        """Latest generation progress; moves the task to task_output the first time."""
+
+    @abstractmethod
+    def is_current(self, lease: Lease) -> bool:
+        """Whether this lease still owns a live task (False after a kill or a take-over)."""
+
+    @abstractmethod
+    def finish_success(self, lease: Lease, outputs: list[NewOutput], elapsed: float, now: float) -> TaskRecord: ...
+
+    @abstractmethod
+    def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None: ...

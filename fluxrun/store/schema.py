@@ -1,0 +1,97 @@
+"""The tables, in SQLAlchemy Core. Alembic migrations (``migrations/``) create them;
+this module is what queries are written against. Times are unix seconds as floats."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("mode", String(16), nullable=False),  # "signature" | "apikey"
+    Column("api_key", String(64), nullable=False, unique=True),
+    # The server must know the secret to check HMAC(key, secret + nonce); see SECURITY notes.
+    Column("api_secret", String(128), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("seen_at", Float, nullable=False),
+    # Nonces that read as a unix time can be forgotten once outside the window; random ones
+    # are kept (NULL), since forgetting them would let a captured request be replayed.
+    Column("forget_after", Float, nullable=True),
+    PrimaryKeyConstraint("project_id", "nonce"),
+    Index("ix_nonces_forget_after", "forget_after"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("token", String(64), nullable=False, unique=True),  # the socketaccesstoken
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("tool", String(200), nullable=False),  # "owner/project"
+    Column("parameters", Text, nullable=False),  # JSON of the validated inputs
+    Column("callback_url", Text, nullable=False, default=""),
+    Column("status", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("debugoutput", Text, nullable=False, default=""),
+    Column("debugerror", Text, nullable=False, default=""),
+    Column("pexit", Integer, nullable=True),
+    Column("progress", Text, nullable=True),  # JSON of the latest task_output progress
+    Column("output_key", String(64), nullable=False),  # unguessable part of the output URLs
+    Column("cps", String(32), nullable=False),
+    Column("elapsed", Float, nullable=True),  # generation seconds, what is billed
+    Column("createtime", Float, nullable=False),
+    Column("accepttime", Float, nullable=True),
+    Column("assigntime", Float, nullable=True),
+    Column("preprocessstarttime", Float, nullable=True),
+    Column("preprocessendtime", Float, nullable=True),
+    Column("starttime", Float, nullable=True),
+    Column("endtime", Float, nullable=True),
+    Column("postprocessstarttime", Float, nullable=True),
+    Column("postprocessendtime", Float, nullable=True),
+    Column("canceltime", Float, nullable=True),
+    Column("kill_requested", Boolean, nullable=False, default=False),
+    Index("ix_tasks_claim", "status", "tool", "id"),
+    Index("ix_tasks_project", "project_id", "id"),
+    Index("ix_tasks_lease", "status", "lease_expires_at"),
+)
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("content_type", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("accesskey", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "name"),
+)

@@ -1,0 +1,422 @@
+"""The TaskStore in SQLAlchemy Core, shared by the SQLite and PostgreSQL stores.
+
+Dialect differences live in their own files: how the engine is made and how a write
+transaction begins (sqlite.py: BEGIN IMMEDIATE; postgres.py: row locks with SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
+from sqlalchemy.engine import Row
+
+from fluxrun.errors import IllegalTransition, LeaseLost
+from fluxrun.status import RUNNING, TERMINAL, Status, is_legal
+from fluxrun.store.base import (
+    AuthMode,
+    ExpiredLease,
+    Lease,
+    NewOutput,
+    OutputRecord,
+    Project,
+    TaskRecord,
+    TaskStore,
+)
+from fluxrun.store.schema import nonces, outputs, projects, tasks
+
+_TOKEN_ALPHABET = string.ascii_letters + string.digits
+# The time column each status sets when a task reaches it.
+STATUS_TIME: dict[Status, str] = {
+    Status.ACCEPT: "accepttime",
+    Status.ASSIGN: "assigntime",
+    Status.PREPROCESS_START: "preprocessstarttime",
+    Status.PREPROCESS_END: "preprocessendtime",
+    Status.START: "starttime",
+    Status.END: "endtime",
+    Status.POSTPROCESS_END: "postprocessendtime",
+    Status.CANCEL: "canceltime",
+}
+_ATTEMPT_TIMES = [c for s, c in STATUS_TIME.items() if s not in TERMINAL] + ["postprocessstarttime"]
+_RUNNING_VALUES = [s.value for s in RUNNING]
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def new_token(length: int = 30) -> str:
+    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(length))
+
+
+def _sources(new: Status) -> list[str]:
+    """The statuses from which ``new`` may be reached."""
+    return [s.value for s in Status if is_legal(s, new)]
+
+
+class SqlTaskStore(TaskStore):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        # Dialects see this option when the transaction begins (SQLite: BEGIN IMMEDIATE).
+        with self.engine.connect() as conn:
+            conn.execution_options(fluxrun_write=True)
+            with conn.begin():
+                yield conn
+
+    # -- set-up ---------------------------------------------------------------------------
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- projects -------------------------------------------------------------------------
+    def create_project(self, name: str, mode: AuthMode) -> Project:
+        values = {
+            "name": name,
+            "mode": mode,
+            "api_key": secrets.token_hex(16),
+            "api_secret": secrets.token_hex(24) if mode == "signature" else None,
+            "created_at": _now(),
+            "revoked_at": None,
+        }
+        with self._write() as conn:
+            project_id = conn.execute(insert(projects).values(**values)).inserted_primary_key[0]
+        return Project(id=int(project_id), **values)
+
+    def list_projects(self) -> list[Project]:
+        with self._read() as conn:
+            rows = conn.execute(select(projects).order_by(projects.c.id)).all()
+        return [_project(r) for r in rows]
+
+    def revoke_project(self, api_key: str) -> bool:
+        with self._write() as conn:
+            result = conn.execute(
+                update(projects)
+                .where(projects.c.api_key == api_key, projects.c.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
+        return result.rowcount == 1
+
+    def project_by_key(self, api_key: str) -> Project | None:
+        with self._read() as conn:
+            row = conn.execute(select(projects).where(projects.c.api_key == api_key)).first()
+        return _project(row) if row else None
+
+    def use_nonce(self, project_id: int, nonce: str, now: float, forget_after: float | None) -> bool:
+        with self._write() as conn:
+            seen = conn.execute(
+                select(nonces.c.nonce).where(nonces.c.project_id == project_id, nonces.c.nonce == nonce)
+            ).first()
+            if seen:
+                return False
+            conn.execute(
+                insert(nonces).values(project_id=project_id, nonce=nonce, seen_at=now, forget_after=forget_after)
+            )
+        return True
+
+    def forget_old_nonces(self, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(nonces.delete().where(nonces.c.forget_after < now)).rowcount
+
+    # -- tasks: API side ------------------------------------------------------------------
+    def create_task(
+        self,
+        project_id: int,
+        tool: str,
+        parameters: dict[str, Any],
+        cps: Decimal,
+        callback_url: str = "",
+        debugoutput: str = "",
+    ) -> TaskRecord:
+        values = {
+            "uuid": str(uuidlib.uuid4()),
+            "token": new_token(),
+            "project_id": project_id,
+            "tool": tool,
+            "parameters": json.dumps(parameters),
+            "callback_url": callback_url,
+            "status": Status.QUEUE.value,
+            "attempt": 0,
+            "debugoutput": debugoutput,
+            "debugerror": "",
+            "output_key": secrets.token_hex(20),
+            "cps": str(cps),
+            "createtime": _now(),
+            "kill_requested": False,
+        }
+        with self._write() as conn:
+            task_id = conn.execute(insert(tasks).values(**values)).inserted_primary_key[0]
+            return self._task(conn, int(task_id))
+
+    def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
+        if task_id is None and token is None:
+            return None
+        query = select(tasks).where(tasks.c.project_id == project_id)
+        query = query.where(tasks.c.id == task_id) if task_id is not None else query.where(tasks.c.token == token)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            return self._with_outputs(conn, [row])[0] if row else None
+
+    def list_tasks(
+        self, project_id: int, *, start: int, limit: int, descending: bool = True, tool: str | None = None
+    ) -> tuple[int, list[TaskRecord]]:
+        where = [tasks.c.project_id == project_id]
+        if tool:
+            where.append(func.lower(tasks.c.tool) == tool.lower())
+        order = tasks.c.id.desc() if descending else tasks.c.id.asc()
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
+            rows = conn.execute(select(tasks).where(*where).order_by(order).offset(start).limit(limit)).all()
+            return int(total), self._with_outputs(conn, rows)
+
+    def cancel_queued(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.project_id == project_id, tasks.c.status == Status.QUEUE.value)
+                .values(status=Status.CANCEL.value, canceltime=now)
+            )
+            return self._task(conn, task_id) if result.rowcount == 1 else None
+
+    def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.project_id == project_id,
+                    tasks.c.status.in_(_sources(Status.CANCEL)),
+                )
+                .values(
+                    status=Status.CANCEL.value,
+                    canceltime=now,
+                    kill_requested=True,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            return self._task(conn, task_id) if result.rowcount == 1 else None
+
+    def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
+        expired: list[ExpiredLease] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                select(tasks.c.id, tasks.c.attempt, tasks.c.lease_owner)
+                .where(tasks.c.status.in_(_RUNNING_VALUES), tasks.c.lease_expires_at < now)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                owner = row.lease_owner or "unknown"
+                fenced = and_(tasks.c.id == row.id, tasks.c.attempt == row.attempt, tasks.c.status.in_(_RUNNING_VALUES))
+                if row.attempt >= max_attempts:
+                    conn.execute(
+                        update(tasks)
+                        .where(fenced)
+                        .values(
+                            status=Status.POSTPROCESS_END.value,
+                            postprocessendtime=now,
+                            pexit=1,
+                            debugerror=(
+                                f"The worker running this task stopped responding on each of {row.attempt} "
+                                f"attempts (last: {owner}); giving up. The task may crash its worker."
+                            ),
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            debugoutput=tasks.c.debugoutput + f"attempt {row.attempt}: lost worker {owner}\n",
+                        )
+                    )
+                    expired.append(ExpiredLease(row.id, row.attempt, requeued=False))
+                    continue
+                conn.execute(
+                    update(tasks)
+                    .where(fenced)
+                    .values(
+                        status=Status.QUEUE.value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        progress=None,
+                        debugoutput=tasks.c.debugoutput
+                        + f"attempt {row.attempt}: lost worker {owner} (lease expired); queued again\n",
+                        **{column: None for column in _ATTEMPT_TIMES},
+                    )
+                )
+                expired.append(ExpiredLease(row.id, row.attempt, requeued=True))
+        return expired
+
+    # -- tasks: worker side ---------------------------------------------------------------
+    def claim(self, worker_id: str, lease_seconds: float, now: float, tools: list[str] | None = None) -> Lease | None:
+        query = select(tasks.c.id).where(tasks.c.status == Status.QUEUE.value)
+        if tools is not None:
+            query = query.where(tasks.c.tool.in_(tools))
+        query = query.order_by(tasks.c.id).limit(1).with_for_update(skip_locked=True)
+        with self._write() as conn:
+            task_id = conn.execute(query).scalar()
+            if task_id is None:
+                return None
+            expires = now + lease_seconds
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status == Status.QUEUE.value)
+                .values(
+                    status=Status.ACCEPT.value,
+                    attempt=tasks.c.attempt + 1,
+                    lease_owner=worker_id,
+                    lease_expires_at=expires,
+                    accepttime=now,
+                )
+            )
+            task = self._task(conn, task_id)
+        return Lease(task=task, attempt=task.attempt, worker_id=worker_id, expires_at=expires)
+
+    def heartbeat(self, lease: Lease, lease_seconds: float, now: float) -> Lease:
+        expires = now + lease_seconds
+        with self._write() as conn:
+            self._fenced_update(conn, lease, {"lease_expires_at": expires})
+        return Lease(task=lease.task, attempt=lease.attempt, worker_id=lease.worker_id, expires_at=expires)
+
+    def advance(self, lease: Lease, status: Status, now: float, note: str | None = None) -> None:
+        values: dict[str, Any] = {"status": status.value}
+        if status in STATUS_TIME:
+            values[STATUS_TIME[status]] = now
+        if status is Status.END:
+            values["postprocessstarttime"] = now
+        if note:
+            values["debugoutput"] = tasks.c.debugoutput + note.rstrip("\n") + "\n"
+        with self._write() as conn:
+            self._fenced_update(conn, lease, values, allowed_from=_sources(status))
+
+    def record_progress(self, lease: Lease, progress: dict[str, Any], now: float) -> None:
+        values = {"status": Status.OUTPUT.value, "progress": json.dumps(progress)}
+        allowed = _sources(Status.OUTPUT) + [Status.OUTPUT.value]
+        with self._write() as conn:
+            self._fenced_update(conn, lease, values, allowed_from=allowed)
+
+    def is_current(self, lease: Lease) -> bool:
+        with self._read() as conn:
+            row = conn.execute(select(tasks.c.status, tasks.c.attempt).where(tasks.c.id == lease.task_id)).first()
+        return bool(row) and row.attempt == lease.attempt and row.status in _RUNNING_VALUES
+
+    def finish_success(self, lease: Lease, outputs_: list[NewOutput], elapsed: float, now: float) -> TaskRecord:
+        values = {
+            "status": Status.POSTPROCESS_END.value,
+            "postprocessendtime": now,
+            "pexit": 0,
+            "elapsed": elapsed,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        with self._write() as conn:
+            self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
+            # A earlier attempt may have recorded some files before it died: replace them.
+            conn.execute(outputs.delete().where(outputs.c.task_id == lease.task_id))
+            for item in outputs_:
+                conn.execute(
+                    insert(outputs).values(
+                        id=secrets.token_hex(16),
+                        task_id=lease.task_id,
+                        name=item.name,
+                        content_type=item.content_type,
+                        size=item.size,
+                        accesskey=new_token(),
+                        created_at=now,
+                    )
+                )
+            return self._task(conn, lease.task_id)
+
+    def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
+        values = {
+            "status": Status.POSTPROCESS_END.value,
+            "postprocessendtime": now,
+            "pexit": pexit,
+            "debugerror": error,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        with self._write() as conn:
+            self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
+
+    # -- helpers --------------------------------------------------------------------------
+    def _fenced_update(
+        self, conn: Connection, lease: Lease, values: dict[str, Any], allowed_from: list[str] | None = None
+    ) -> None:
+        """Update the task only while this lease owns it and the move is legal."""
+        allowed = allowed_from if allowed_from is not None else _RUNNING_VALUES
+        owned = and_(tasks.c.id == lease.task_id, tasks.c.attempt == lease.attempt, tasks.c.status.in_(_RUNNING_VALUES))
+        result = conn.execute(update(tasks).where(owned, tasks.c.status.in_(allowed)).values(**values))
+        if result.rowcount == 1:
+            return
+        row = conn.execute(select(tasks.c.status, tasks.c.attempt).where(tasks.c.id == lease.task_id)).first()
+        if row is None or row.attempt != lease.attempt or row.status not in _RUNNING_VALUES:
+            raise LeaseLost(f"task {lease.task_id}: attempt {lease.attempt} no longer owns it")
+        raise IllegalTransition(f"task {lease.task_id}: {row.status} -> {values.get('status')} is not allowed")
+
+    def _task(self, conn: Connection, task_id: int) -> TaskRecord:
+        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+        return self._with_outputs(conn, [row])[0]
+
+    def _with_outputs(self, conn: Connection, rows: list[Row[Any]] | Any) -> list[TaskRecord]:
+        ids = [r.id for r in rows]
+        by_task: dict[int, list[OutputRecord]] = {i: [] for i in ids}
+        if ids:
+            for o in conn.execute(select(outputs).where(outputs.c.task_id.in_(ids)).order_by(outputs.c.name)):
+                by_task[o.task_id].append(
+                    OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at)
+                )
+        return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
+
+
+def _output_order(output: OutputRecord) -> tuple[int, str]:
+    stem = output.name.split(".", 1)[0]
+    return (int(stem) if stem.isdigit() else 1 << 30, output.name)
+
+
+def _project(row: Row[Any]) -> Project:
+    return Project(
+        id=row.id,
+        name=row.name,
+        mode=row.mode,
+        api_key=row.api_key,
+        api_secret=row.api_secret,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _task_record(row: Row[Any], outputs_: list[OutputRecord]) -> TaskRecord:
+    data = dict(row._mapping)
+    data["parameters"] = json.loads(data["parameters"])
+    data["progress"] = json.loads(data["progress"]) if data["progress"] else None
+    data["status"] = Status(data["status"])
+    data["cps"] = Decimal(data["cps"])
+    data["kill_requested"] = bool(data["kill_requested"])
+    return TaskRecord(outputs=tuple(outputs_), **data)
+
+
+def _now() -> float:
+    return time.time()

@@ -1,0 +1,46 @@
+"""SQLite: the default store, one file in the data directory.
+
+WAL so readers never wait for the writer; a busy timeout so writers queue instead of
+failing; and BEGIN IMMEDIATE for every write transaction, because a DEFERRED transaction
+that upgrades from read to write ignores the busy timeout and fails with "database is
+locked" under contention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import make_url
+
+from fluxrun.store.sql import SqlTaskStore
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SqliteTaskStore(SqlTaskStore):
+    def __init__(self, url: str) -> None:
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        event.listen(engine, "connect", _configure_connection)
+        event.listen(engine, "begin", _begin)
+        super().__init__(engine)
+
+
+def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is DEFERRED).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get("fluxrun_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

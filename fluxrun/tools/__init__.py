@@ -1,0 +1,1 @@
+"""The catalog: one declarative spec per tool. No torch here."""

@@ -1,0 +1,23 @@
+"""The tools this server offers: one spec module each, listed here."""
+
+from __future__ import annotations
+
+from fluxrun.errors import NotFoundError
+from fluxrun.tools import flat_pixel_art_flux, flux_2_flex_t2i
+from fluxrun.tools.spec import ToolSpec
+
+TOOLS: tuple[ToolSpec, ...] = (flat_pixel_art_flux.TOOL, flux_2_flex_t2i.TOOL)
+_BY_SLUG = {tool.slug.lower(): tool for tool in TOOLS}
+
+
+def find_tool(slugowner: str, slugproject: str) -> ToolSpec:
+    """A tool by its slugs (case-insensitive, as URLs get retyped), or NotFoundError."""
+    tool = _BY_SLUG.get(f"{slugowner}/{slugproject}".lower())
+    if tool is None:
+        raise NotFoundError(f"Tool {slugowner}/{slugproject} not found. Known tools: {', '.join(sorted(t.slug for t in TOOLS))}.")
+    return tool
+
+
+def tool_by_slug(slug: str) -> ToolSpec:
+    owner, _, project = slug.partition("/")
+    return find_tool(owner, project)

@@ -1,0 +1,47 @@
+"""desertPixel/Flat-Pixel-Art-FLUX: FLUX.1-dev with the Flat Pixel Art LoRA.
+
+Inputs exactly as the seed page lists them (name, label, help, type, default); the ranges
+are ours: the seed gives none.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from fluxrun.tools.spec import InputSpec, ToolSpec
+
+DEFAULT_PROMPT = (
+    "Frozen tundra with ice crystals and northern lights in sky., magical psychedelic detailed "
+    "nature landscape scene, dpixeBw style, flat 2d pixel art, retro 16bit game art, pixel "
+    "halftone effect, dramatic, pixelated effect,vibrant game art color pallette"
+)
+
+TOOL = ToolSpec(
+    id="1",
+    slugowner="desertPixel",
+    slugproject="Flat-Pixel-Art-FLUX",
+    title="Flat Pixel Art FLUX",
+    description="Flat Pixel Art FLUX",
+    categories=("model", "text-to-image", "checkpoint-file", "lora-flux", "bf16", "persistent"),
+    tags=("pixel art", "minimal", "game art", "pixel", "style", "flat 2d"),
+    image="https://cdn.wiro.ai/uploads/models/desertPixel-Flat-Pixel-Art-FLUX-cover.jpeg",
+    cps=Decimal("0.000585"),
+    backend="flux1",
+    lora="flat-pixel-art",
+    trigger_words="dpixeBw style",
+    inputs=(
+        InputSpec("prompt", "prompt", "prompt-help", "textarea", DEFAULT_PROMPT, "string", role="prompt",
+                  required=True, max_length=10_000),
+        InputSpec("samples", "numberofoutputs", "numberofoutputs-help", "number", "1", "int", role="samples",
+                  min=1, max=4, step=1),
+        InputSpec("steps", "inferencesteps", "inferencesteps-help", "number", "12", "int", role="steps",
+                  min=1, max=50, step=1),
+        InputSpec("scale", "guidancescale", "guidancescale-help", "float", "3", "float", role="guidance",
+                  min=0, max=20, step=0.1),
+        InputSpec("seed", "seed", "seed-help", "text", "71942193", "seed", role="seed"),
+        InputSpec("width", "width", "width-help", "number", "1024", "int", role="width",
+                  min=64, max=2048, step=16, multiple_of=16),
+        InputSpec("height", "height", "height-help", "number", "1024", "int", role="height",
+                  min=64, max=2048, step=16, multiple_of=16),
+    ),
+)

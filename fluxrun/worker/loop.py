@@ -1,0 +1,129 @@
+"""The claim loop: one task at a time, every task ends terminally.
+
+For each claimed task the worker walks the statuses of SPEC.md section 3 with their
+timestamps, keeps the lease alive by heartbeat, reports progress at each denoising step
+and stops at the next step when the task was killed (the progress write is fenced: it
+fails once the task is no longer this attempt's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from fluxrun.backends.registry import BackendCache
+from fluxrun.config import Settings
+from fluxrun.errors import BackendUnavailable, LeaseLost, TaskStopped
+from fluxrun.imaging.encode import encode_image
+from fluxrun.status import Status
+from fluxrun.storage.base import OutputStorage
+from fluxrun.store.base import Lease, NewOutput, TaskStore
+from fluxrun.tools.catalog import tool_by_slug
+from fluxrun.worker.heartbeat import Heartbeat
+from fluxrun.worker.progress import ProgressMeter
+
+log = logging.getLogger("fluxrun.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        storage: OutputStorage,
+        backends: BackendCache,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.backends = backends
+        self.worker_id = worker_id or default_worker_id()
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    stop.wait(self.settings.idle_poll_seconds)
+            except Exception:  # the database may be away for a while: wait, then go on
+                log.exception("worker loop")
+                stop.wait(max(1.0, self.settings.idle_poll_seconds))
+
+    def run_once(self) -> bool:
+        """Run one task if there is one; False when the queue was empty."""
+        now = time.time()
+        self.store.expire_leases(now, self.settings.max_attempts)
+        lease = self.store.claim(self.worker_id, self.settings.lease_seconds, now)
+        if lease is None:
+            return False
+        self.process(lease)
+        return True
+
+    def process(self, lease: Lease) -> None:
+        task_id = lease.task_id
+        with Heartbeat(self.store, lease, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
+            try:
+                self._run(lease, beat)
+            except TaskStopped:
+                log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
+            except LeaseLost:
+                log.warning("task %s: lease lost; another attempt owns the task now", task_id)
+            except Exception as exc:  # every failure ends the task, never the worker
+                log.exception("task %s failed", task_id)
+                self._fail(lease, _describe(exc))
+
+    def _run(self, lease: Lease, beat: Heartbeat) -> None:
+        store, now = self.store, time.time
+        tool = tool_by_slug(lease.task.tool)
+        store.advance(lease, Status.ASSIGN, now(), note=f"attempt {lease.attempt}: worker {self.worker_id}")
+        store.advance(lease, Status.PREPROCESS_START, now())
+        request = tool.to_request(lease.task.parameters)
+        backend = self.backends.get(request.backend)
+        store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
+        store.advance(lease, Status.START, now())
+
+        meter = ProgressMeter()
+
+        def on_step(done: int, total: int) -> None:
+            if beat.lost.is_set():
+                raise TaskStopped()
+            try:
+                store.record_progress(lease, meter.message(done, total), now())
+            except LeaseLost:
+                raise TaskStopped() from None
+
+        started = time.monotonic()
+        images = backend.generate(request, on_step)
+        elapsed = time.monotonic() - started
+        notes = "".join(f"{n}\n" for n in getattr(backend, "last_notes", []) or [])
+        store.advance(lease, Status.END, now(), note=notes or None)
+
+        outputs: list[NewOutput] = []
+        for index, image in enumerate(images):
+            encoded = encode_image(image, request.output_format)
+            name = f"{index}.{encoded.extension}"
+            size = self.storage.put(lease.task.output_key, name, encoded.data, encoded.content_type)
+            outputs.append(NewOutput(name=name, content_type=encoded.content_type, size=size))
+        store.finish_success(lease, outputs, elapsed, now())
+        log.info("task %s: %d image(s) in %.2f s", lease.task_id, len(outputs), elapsed)
+
+    def _fail(self, lease: Lease, message: str) -> None:
+        try:
+            self.store.finish_failure(lease, message, time.time(), pexit=1)
+        except LeaseLost:
+            log.warning("task %s: could not record the failure, the lease is gone", lease.task_id)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BackendUnavailable):
+        return str(exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

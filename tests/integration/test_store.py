@@ -1,0 +1,220 @@
+"""One store suite, run on SQLite and on PostgreSQL (FLUXRUN_TEST_DATABASE_URL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+
+from fluxrun.errors import IllegalTransition, LeaseLost
+from fluxrun.status import Status
+from fluxrun.store import open_store
+from fluxrun.store.base import NewOutput, TaskStore
+from tests.conftest import BACKENDS
+
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+
+TOOL = "desertPixel/Flat-Pixel-Art-FLUX"
+CPS = Decimal("0.000585")
+
+
+def _task(store: TaskStore, project_id: int, tool: str = TOOL, **params: object):
+    return store.create_task(project_id, tool, {"prompt": "p", **params}, CPS)
+
+
+@pytest.fixture
+def project(store: TaskStore):
+    return store.create_project("test", "signature")
+
+
+def test_migrate_twice_is_harmless(store: TaskStore) -> None:
+    store.migrate()
+    store.ping()
+
+
+def test_projects_keys_and_revocation(store: TaskStore) -> None:
+    signed = store.create_project("a", "signature")
+    keyonly = store.create_project("b", "apikey")
+    assert signed.api_secret and len(signed.api_key) == 32
+    assert keyonly.api_secret is None
+    assert store.project_by_key(signed.api_key) == signed
+    assert [p.name for p in store.list_projects()] == ["a", "b"]
+    assert store.revoke_project(signed.api_key)
+    assert not store.revoke_project(signed.api_key)
+    assert not store.project_by_key(signed.api_key).active
+    assert store.project_by_key("nope") is None
+
+
+def test_nonce_is_single_use_per_project(store: TaskStore, project) -> None:
+    other = store.create_project("other", "signature")
+    now = time.time()
+    assert store.use_nonce(project.id, "123", now, None)
+    assert not store.use_nonce(project.id, "123", now, None)
+    assert store.use_nonce(other.id, "123", now, None)
+    # Time-like nonces are forgotten after their window; random ones are kept.
+    assert store.use_nonce(project.id, "1700000000", now, forget_after=now - 1)
+    assert store.forget_old_nonces(now) == 1
+    assert not store.use_nonce(project.id, "123", now, None)
+
+
+def test_create_get_and_scope(store: TaskStore, project) -> None:
+    other = store.create_project("other", "apikey")
+    task = _task(store, project.id, seed=5)
+    assert task.status is Status.QUEUE and task.attempt == 0
+    assert len(task.token) == 30 and len(task.output_key) == 40
+    assert task.parameters == {"prompt": "p", "seed": 5}
+    assert store.get_task(project.id, task_id=task.id) == task
+    assert store.get_task(project.id, token=task.token) == task
+    assert store.get_task(other.id, task_id=task.id) is None
+    assert store.get_task(other.id, token=task.token) is None
+
+
+def test_list_pages_newest_first_and_filters(store: TaskStore, project) -> None:
+    ids = [_task(store, project.id).id for _ in range(5)]
+    _task(store, project.id, tool="black-forest-labs/flux-2-flex-t2i")
+    total, page = store.list_tasks(project.id, start=0, limit=3, tool=TOOL)
+    assert total == 5 and [t.id for t in page] == ids[::-1][:3]
+    total, page = store.list_tasks(project.id, start=3, limit=3, descending=False)
+    assert total == 6 and len(page) == 3
+
+
+def test_claim_walk_and_success(store: TaskStore, project) -> None:
+    task = _task(store, project.id)
+    lease = store.claim("w1", 30, time.time())
+    assert lease and lease.task_id == task.id and lease.attempt == 1
+    assert lease.task.status is Status.ACCEPT and lease.task.accepttime
+    assert store.claim("w2", 30, time.time()) is None
+    for status in (Status.ASSIGN, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.START):
+        store.advance(lease, status, time.time())
+    store.record_progress(lease, {"stepCurrent": "1"}, time.time())
+    store.record_progress(lease, {"stepCurrent": "2"}, time.time())
+    store.advance(lease, Status.END, time.time(), note="generated")
+    done = store.finish_success(lease, [NewOutput("0.png", "image/png", 10), NewOutput("1.png", "image/png", 20)], 1.5, time.time())
+    assert done.status is Status.POSTPROCESS_END and done.pexit == 0 and done.elapsed == 1.5
+    assert [o.name for o in done.outputs] == ["0.png", "1.png"] and done.outputs[1].size == 20
+    assert done.progress == {"stepCurrent": "2"}
+    assert "generated" in done.debugoutput
+    for column in ("assigntime", "preprocessstarttime", "starttime", "endtime", "postprocessstarttime", "postprocessendtime"):
+        assert getattr(done, column), column
+    with pytest.raises(LeaseLost):
+        store.advance(lease, Status.OUTPUT, time.time())
+
+
+def test_claims_follow_fifo_and_tool_filter(store: TaskStore, project) -> None:
+    first = _task(store, project.id)
+    flux2 = _task(store, project.id, tool="black-forest-labs/flux-2-flex-t2i")
+    second = _task(store, project.id)
+    assert store.claim("w", 30, time.time(), tools=["black-forest-labs/flux-2-flex-t2i"]).task_id == flux2.id
+    assert store.claim("w", 30, time.time()).task_id == first.id
+    assert store.claim("w", 30, time.time()).task_id == second.id
+
+
+def test_illegal_transitions_are_refused(store: TaskStore, project) -> None:
+    _task(store, project.id)
+    lease = store.claim("w", 30, time.time())
+    store.advance(lease, Status.START, time.time())
+    with pytest.raises(IllegalTransition):
+        store.advance(lease, Status.ASSIGN, time.time())
+    with pytest.raises(IllegalTransition):
+        store.advance(lease, Status.PREPROCESS_END, time.time())
+
+
+def test_expired_lease_requeues_then_fails_at_the_limit(store: TaskStore, project) -> None:
+    task = _task(store, project.id)
+    now = time.time()
+    first = store.claim("w1", 1, now)
+    store.advance(first, Status.START, now)
+    assert store.expire_leases(now + 0.5, max_attempts=2) == []
+    [expired] = store.expire_leases(now + 2, max_attempts=2)
+    assert expired.requeued and expired.task_id == task.id
+    requeued = store.get_task(project.id, task_id=task.id)
+    assert requeued.status is Status.QUEUE and requeued.starttime is None
+    assert "lost worker w1" in requeued.debugoutput
+
+    second = store.claim("w2", 1, now + 3)
+    assert second.attempt == 2
+    # The first worker comes back from a pause: fenced out, it cannot write anything.
+    with pytest.raises(LeaseLost):
+        store.advance(first, Status.END, now + 3)
+    with pytest.raises(LeaseLost):
+        store.finish_success(first, [], 1.0, now + 3)
+    with pytest.raises(LeaseLost):
+        store.heartbeat(first, 30, now + 3)
+    assert not store.is_current(first) and store.is_current(second)
+
+    [final] = store.expire_leases(now + 10, max_attempts=2)
+    assert not final.requeued
+    failed = store.get_task(project.id, task_id=task.id)
+    assert failed.status is Status.POSTPROCESS_END and failed.pexit == 1
+    assert "2 attempts" in failed.debugerror
+
+
+def test_heartbeat_keeps_the_lease(store: TaskStore, project) -> None:
+    _task(store, project.id)
+    now = time.time()
+    lease = store.claim("w", 2, now)
+    lease = store.heartbeat(lease, 2, now + 1.5)
+    assert store.expire_leases(now + 3, max_attempts=3) == []
+    assert len(store.expire_leases(now + 4, max_attempts=3)) == 1
+
+
+def test_cancel_only_while_queued(store: TaskStore, project) -> None:
+    queued = _task(store, project.id)
+    cancelled = store.cancel_queued(project.id, queued.id, time.time())
+    assert cancelled.status is Status.CANCEL and cancelled.canceltime
+    assert store.claim("w", 30, time.time()) is None
+    running = _task(store, project.id)
+    store.claim("w", 30, time.time())
+    assert store.cancel_queued(project.id, running.id, time.time()) is None
+
+
+def test_kill_ends_a_running_task_and_fences_its_worker(store: TaskStore, project) -> None:
+    task = _task(store, project.id)
+    lease = store.claim("w", 30, time.time())
+    store.advance(lease, Status.START, time.time())
+    other = store.create_project("other", "apikey")
+    assert store.kill(other.id, task.id, time.time()) is None
+    killed = store.kill(project.id, task.id, time.time())
+    assert killed.status is Status.CANCEL and killed.kill_requested
+    assert not store.is_current(lease)
+    with pytest.raises(LeaseLost):
+        store.record_progress(lease, {}, time.time())
+    with pytest.raises(LeaseLost):
+        store.finish_failure(lease, "x", time.time())
+    assert store.kill(project.id, task.id, time.time()) is None
+    assert store.expire_leases(time.time() + 100, 3) == []
+
+
+def test_failure_is_terminal_with_error(store: TaskStore, project) -> None:
+    task = _task(store, project.id)
+    lease = store.claim("w", 30, time.time())
+    store.finish_failure(lease, "boom", time.time())
+    failed = store.get_task(project.id, task_id=task.id)
+    assert failed.status is Status.POSTPROCESS_END and failed.pexit == 1 and failed.debugerror == "boom"
+    assert failed.outputs == ()
+
+
+def test_concurrent_claims_never_share_a_task(store: TaskStore, project, database_url: str) -> None:
+    for _ in range(40):
+        _task(store, project.id)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        own = open_store(database_url)
+        try:
+            while (lease := own.claim(name, 30, time.time())) is not None:
+                own.finish_success(lease, [], 0.1, time.time())
+                with lock:
+                    claimed.append(lease.task_id)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
