@@ -1,7 +1,8 @@
 """black-forest-labs/flux-2-flex-t2i: FLUX.2 [flex] text to image.
 
 Inputs exactly as the seed page lists them; ranges from the seed's help texts and the
-partner API's limits (SPEC.md section 10). Where they differ the seed wins
+partner API's limits (SPEC.md section 10: each side at least 64, at most 4 megapixels
+in all). Where they differ the seed wins
 (safetyTolerance 0..6).
 """
 
@@ -27,9 +28,9 @@ TOOL = ToolSpec(
         InputSpec("prompt", "Prompt", "Text prompt for image generation.", "textarea", "", "string",
                   role="prompt", required=True, max_length=10_000),
         InputSpec("width", "Width", "Width in pixels (must be multiple of 16).", "number", "1024", "int",
-                  role="width", min=64, max=2048, step=16, multiple_of=16),
+                  role="width", min=64, max=4096, step=16, multiple_of=16),
         InputSpec("height", "Height", "Height in pixels (must be multiple of 16).", "number", "1024", "int",
-                  role="height", min=64, max=2048, step=16, multiple_of=16),
+                  role="height", min=64, max=4096, step=16, multiple_of=16),
         InputSpec("guidance", "Guidance",
                   "Guidance scale for generation. Controls how closely the output follows the prompt. "
                   "Only for Flux 2 Flex.", "number", "4.5", "float", role="guidance", min=1.5, max=10, step=0.1),

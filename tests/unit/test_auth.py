@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import subprocess
+import time
+
+from fluxrun import auth
+
+
+def test_signature_matches_the_seed_recipe_with_openssl() -> None:
+    # The seeds: echo -n "${SECRET}${NONCE}" | openssl dgst -sha256 -hmac "${KEY}"
+    out = subprocess.run(
+        ["bash", "-c", 'echo -n "sec1700000000" | openssl dgst -sha256 -hmac "key"'],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert out.strip().split()[-1] == auth.sign("key", "sec", "1700000000")
+
+
+def test_verify_accepts_only_the_right_signature() -> None:
+    good = auth.sign("k", "s", "42")
+    assert auth.verify("k", "s", "42", good)
+    assert auth.verify("k", "s", "42", good.upper())
+    assert not auth.verify("k", "s", "43", good)
+    assert not auth.verify("k", "other", "42", good)
+    assert not auth.verify("k", "s", "42", "")
+
+
+def test_signature_headers() -> None:
+    headers = auth.signature_headers("k", "s", nonce="7")
+    assert headers == {"x-api-key": "k", "x-nonce": "7", "x-signature": auth.sign("k", "s", "7")}
+    assert auth.signature_headers("k", None) == {"x-api-key": "k"}
+    fresh = auth.signature_headers("k", "s")
+    assert auth.nonce_problem(fresh["x-nonce"], time.time()) is None
+
+
+def test_nonce_reading_as_time_must_be_recent() -> None:
+    now = 1_800_000_000.0
+    assert auth.nonce_problem(str(int(now)), now) is None
+    assert auth.nonce_problem(str(int(now * 1000)), now) is None
+    assert auth.nonce_problem(str(int(now) - 299), now) is None
+    assert "server's clock" in auth.nonce_problem(str(int(now) - 301), now)
+    assert "server's clock" in auth.nonce_problem(str(int((now + 400) * 1000)), now)
+    # Random integers (not unix times) are fine: only the replay check applies to them.
+    assert auth.nonce_problem("12345", now) is None
+    assert auth.nonce_problem("", now) is not None
+    assert auth.nonce_problem("x" * 200, now) is not None

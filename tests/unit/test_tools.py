@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+
+from fluxrun.errors import NotFoundError, ValidationError
+from fluxrun.tools.catalog import TOOLS, find_tool
+
+PIXEL = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
+FLUX2 = find_tool("black-forest-labs", "flux-2-flex-t2i")
+
+
+def _error(tool, body) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        tool.validate(body)
+    return caught.value
+
+
+def test_inputs_are_the_seeds() -> None:
+    assert [(i.name, i.label, i.help, i.type, i.default) for i in PIXEL.inputs][1:] == [
+        ("samples", "numberofoutputs", "numberofoutputs-help", "number", "1"),
+        ("steps", "inferencesteps", "inferencesteps-help", "number", "12"),
+        ("scale", "guidancescale", "guidancescale-help", "float", "3"),
+        ("seed", "seed", "seed-help", "text", "71942193"),
+        ("width", "width", "width-help", "number", "1024"),
+        ("height", "height", "height-help", "number", "1024"),
+    ]
+    assert [i.name for i in FLUX2.inputs] == [
+        "prompt", "width", "height", "guidance", "steps", "safetyTolerance", "seed", "outputFormat"
+    ]
+    assert [(o.value, o.label) for o in FLUX2.input("outputFormat").options] == [("jpeg", "JPEG"), ("png", "PNG")]
+    assert len(TOOLS) == 2
+
+
+def test_seed_run_body_validates_with_strings_for_numbers() -> None:
+    params = PIXEL.validate({"prompt": "a cat", "samples": 1, "steps": 12, "scale": "3", "seed": "71942193",
+                             "width": 1024, "height": 1024, "callbackUrl": "You can provide..."})
+    assert params == {"prompt": "a cat", "samples": 1, "steps": 12, "scale": 3.0, "seed": 71942193,
+                      "width": 1024, "height": 1024}
+
+
+def test_defaults_fill_missing_inputs() -> None:
+    params = FLUX2.validate({"prompt": "x"})
+    assert params["width"] == 1024 and params["guidance"] == 4.5 and params["steps"] == 50
+    assert params["outputFormat"] == "png" and params["safetyTolerance"] == 2
+
+
+@pytest.mark.parametrize("raw", [None, "", "  "])
+def test_empty_seed_is_random_and_recorded(raw) -> None:
+    seeds = {PIXEL.validate({"prompt": "x", "seed": raw})["seed"] for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= s < 2**32 for s in seeds)
+
+
+@pytest.mark.parametrize(
+    ("tool", "body", "field", "rule"),
+    [
+        (PIXEL, {}, "prompt", "required"),
+        (FLUX2, {"prompt": ""}, "prompt", "required"),
+        (PIXEL, {"prompt": "x", "width": 1000}, "width", "multiple of 16"),
+        (PIXEL, {"prompt": "x", "height": "abc"}, "height", "integer"),
+        (PIXEL, {"prompt": "x", "steps": 0}, "steps", "between 1 and 50"),
+        (PIXEL, {"prompt": "x", "steps": "12.5"}, "steps", "integer"),
+        (PIXEL, {"prompt": "x", "samples": True}, "samples", "integer"),
+        (PIXEL, {"prompt": "x", "scale": "loud"}, "scale", "number"),
+        (PIXEL, {"prompt": "x", "scale": "nan"}, "scale", "finite"),
+        (PIXEL, {"prompt": "x", "seed": "-1"}, "seed", "between 0"),
+        (PIXEL, {"prompt": 5}, "prompt", "string"),
+        (FLUX2, {"prompt": "x", "guidance": 11}, "guidance", "between 1.5 and 10"),
+        (FLUX2, {"prompt": "x", "outputFormat": "gif"}, "outputFormat", "one of jpeg, png"),
+        (FLUX2, {"prompt": "x", "width": 2048, "height": 4096, "steps": 1}, "width", "at most 4194304 pixels"),
+        (FLUX2, {"prompt": "x", "safetyTolerance": 7}, "safetyTolerance", "between 0 and 6"),
+    ],
+)
+def test_errors_name_the_field_and_the_rule(tool, body, field, rule) -> None:
+    error = _error(tool, body)
+    assert error.field == field and rule in error.rule
+    assert error.message.startswith(f"{field}: ")
+    assert error.to_wire() == {"result": False, "errors": [{"code": 0, "message": error.message}]}
+
+
+def test_to_request_maps_roles() -> None:
+    request = PIXEL.to_request(PIXEL.validate({"prompt": "x", "scale": 3.5, "samples": 2, "seed": 7}))
+    assert (request.guidance, request.samples, request.seed, request.backend) == (3.5, 2, 7, "flux1")
+    assert request.lora == "flat-pixel-art" and request.trigger_words == "dpixeBw style"
+    assert request.image_seeds() == [7, 8]
+    flux2 = FLUX2.to_request(FLUX2.validate({"prompt": "x", "outputFormat": "JPEG", "seed": 123}))
+    assert flux2.output_format == "jpeg" and flux2.extra == {"safetyTolerance": 2} and flux2.seed == 123
+
+
+def test_unknown_tool() -> None:
+    with pytest.raises(NotFoundError):
+        find_tool("nobody", "nothing")
+    assert find_tool("desertpixel", "flat-pixel-art-flux") is PIXEL
