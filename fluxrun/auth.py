@@ -32,9 +32,15 @@ def signature_headers(api_key: str, api_secret: str | None, nonce: str | None = 
 
 
 def verify(api_key: str, api_secret: str, nonce: str, signature: str) -> bool:
-    """Constant-time check of a signature (case-insensitive hex, as openssl may print either)."""
-    expected = sign(api_key, api_secret, nonce)
-    return hmac.compare_digest(expected.encode(), signature.strip().lower().encode())
+    """Constant-time check of a signature.
+
+    The seeds compute it with ``openssl dgst -sha256 -hmac``, which prints
+    ``SHA2-256(stdin)= <hex>`` (older versions ``(stdin)= <hex>``), and send that whole line:
+    the digest is its last word. Hex case does not matter.
+    """
+    words = signature.split()
+    digest = words[-1].lower() if words else ""
+    return hmac.compare_digest(sign(api_key, api_secret, nonce).encode(), digest.encode())
 
 
 def nonce_time(nonce: str) -> float | None:

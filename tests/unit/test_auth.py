@@ -22,6 +22,10 @@ def test_verify_accepts_only_the_right_signature() -> None:
     assert not auth.verify("k", "s", "43", good)
     assert not auth.verify("k", "other", "42", good)
     assert not auth.verify("k", "s", "42", "")
+    # What the seeds' openssl line really puts in the header.
+    assert auth.verify("k", "s", "42", f"SHA2-256(stdin)= {good}")
+    assert auth.verify("k", "s", "42", f"(stdin)= {good}")
+    assert not auth.verify("k", "s", "42", f"{good} trailing")
 
 
 def test_signature_headers() -> None:

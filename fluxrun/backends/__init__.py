@@ -1,0 +1,1 @@
+"""Ways of making images: one file per backend. torch is imported only in this package."""

@@ -1,0 +1,1 @@
+"""Image encoding for outputs."""
