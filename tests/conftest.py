@@ -6,13 +6,14 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from fluxrun.store import open_store
-from fluxrun.store.base import TaskStore
+if TYPE_CHECKING:
+    from fluxrun.store.base import TaskStore
+
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -40,12 +41,16 @@ class PostgresSchema:
         self.url = _with_search_path(base_url, self.name)
 
     def create(self) -> None:
+        from sqlalchemy import create_engine, text
+
         engine = create_engine(self.base_url)
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{self.name}"'))
         engine.dispose()
 
     def drop(self) -> None:
+        from sqlalchemy import create_engine, text
+
         engine = create_engine(self.base_url)
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
@@ -72,6 +77,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[TaskStore]:
+    from fluxrun.store import open_store
+
     opened = open_store(database_url)
     opened.migrate()
     yield opened

@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 
+# What the hub client and diffusers say, in their words, when the network is not there.
+_OFFLINE_MARKERS = ("offline", "connect", "not fully cached", "cached snapshot", "fetch metadata", "timed out")
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    import socket
+
+    return isinstance(exc, (socket.gaierror, TimeoutError, ConnectionError)) or type(exc).__name__ in (
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+    )
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -25,7 +39,9 @@ def hub_error_message(source: str, exc: BaseException, setting: str) -> str:
         )
     if any(isinstance(e, RepositoryNotFoundError) for e in chain) and "401" in text:
         return f"{source}: the hub refused access (no or invalid HF_TOKEN?). Set HF_TOKEN, or point {setting} at a local copy."
-    if any(isinstance(e, LocalEntryNotFoundError) for e in chain) or "offline" in text or "connect" in text:
+    if any(isinstance(e, LocalEntryNotFoundError) or _is_network_error(e) for e in chain) or any(
+        marker in text for marker in _OFFLINE_MARKERS
+    ):
         return (
             f"{source} is not in the local Hugging Face cache and the hub cannot be reached (offline?). "
             f"Download it on a connected machine, or point {setting} at a local folder."
