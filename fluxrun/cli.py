@@ -36,6 +36,7 @@ def _settings(**flags: Any) -> Any:
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
 
 
 def _open_store(settings: Any, migrate: bool = False) -> Any:
@@ -65,7 +66,7 @@ def serve(
     from fluxrun.supervisor import WorkerSupervisor
 
     store = _open_store(settings, migrate=True)
-    _announce(settings, store)
+    _announce(settings, store, with_workers=True)
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
@@ -87,7 +88,7 @@ def api(
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, public_url=public_url)
     _logging()
     store = _open_store(settings, migrate=True)
-    _announce(settings, store)
+    _announce(settings, store, with_workers=False)
     try:
         _serve_api(settings, store)
     finally:
@@ -115,7 +116,7 @@ def _serve_api(settings: Any, store: Any) -> None:
     uvicorn.run(create_app(settings, store, storage), host=settings.host, port=settings.port, log_level="info")
 
 
-def _announce(settings: Any, store: Any) -> None:
+def _announce(settings: Any, store: Any, with_workers: bool) -> None:
     from fluxrun.credentials import ensure_first_project
 
     base_url = settings.effective_public_url
@@ -129,8 +130,11 @@ def _announce(settings: Any, store: Any) -> None:
         console.print(f"  (also in {first.path}, mode 0600)")
     elif settings.credentials_path.exists():
         console.print(f"credentials of the first project: {settings.credentials_path}")
-    if getattr(settings, "workers", 1) and settings.models != "real":
-        console.print(f"models: {settings.models} (without a CUDA GPU the workers serve TINY random-weight models)")
+    if with_workers:
+        console.print(f"{settings.workers} worker process(es), models: {settings.models}")
+        if settings.models != "real":
+            console.print("[bold yellow]Without a CUDA GPU the workers serve TINY random-weight models "
+                          "(images are noise); each worker says which at start.[/bold yellow]")
 
 
 @keys_app.command("create")

@@ -51,6 +51,8 @@ STATUS_TIME: dict[Status, str] = {
 _ATTEMPT_TIMES = [c for s, c in STATUS_TIME.items() if s not in TERMINAL] + ["postprocessstarttime"]
 _RUNNING_VALUES = [s.value for s in RUNNING]
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# A task that leaves a worker's hands, whichever way.
+_RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
 def new_token(length: int = 30) -> str:
@@ -217,8 +219,7 @@ class SqlTaskStore(TaskStore):
                     status=Status.CANCEL.value,
                     canceltime=now,
                     kill_requested=True,
-                    lease_owner=None,
-                    lease_expires_at=None,
+                    **_RELEASED,
                 )
             )
             return self._task(conn, task_id) if result.rowcount == 1 else None
@@ -235,19 +236,15 @@ class SqlTaskStore(TaskStore):
                 owner = row.lease_owner or "unknown"
                 fenced = and_(tasks.c.id == row.id, tasks.c.attempt == row.attempt, tasks.c.status.in_(_RUNNING_VALUES))
                 if row.attempt >= max_attempts:
+                    error = (
+                        f"The worker running this task stopped responding on each of {row.attempt} "
+                        f"attempts (last: {owner}); giving up. The task may crash its worker."
+                    )
                     conn.execute(
                         update(tasks)
                         .where(fenced)
                         .values(
-                            status=Status.POSTPROCESS_END.value,
-                            postprocessendtime=now,
-                            pexit=1,
-                            debugerror=(
-                                f"The worker running this task stopped responding on each of {row.attempt} "
-                                f"attempts (last: {owner}); giving up. The task may crash its worker."
-                            ),
-                            lease_owner=None,
-                            lease_expires_at=None,
+                            **_failed(now, error, pexit=1),
                             debugoutput=tasks.c.debugoutput + f"attempt {row.attempt}: lost worker {owner}\n",
                         )
                     )
@@ -258,9 +255,8 @@ class SqlTaskStore(TaskStore):
                     .where(fenced)
                     .values(
                         status=Status.QUEUE.value,
-                        lease_owner=None,
-                        lease_expires_at=None,
                         progress=None,
+                        **_RELEASED,
                         debugoutput=tasks.c.debugoutput
                         + f"attempt {row.attempt}: lost worker {owner} (lease expired); queued again\n",
                         **{column: None for column in _ATTEMPT_TIMES},
@@ -328,8 +324,7 @@ class SqlTaskStore(TaskStore):
             "postprocessendtime": now,
             "pexit": 0,
             "elapsed": elapsed,
-            "lease_owner": None,
-            "lease_expires_at": None,
+            **_RELEASED,
         }
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
@@ -350,16 +345,8 @@ class SqlTaskStore(TaskStore):
             return self._task(conn, lease.task_id)
 
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
-        values = {
-            "status": Status.POSTPROCESS_END.value,
-            "postprocessendtime": now,
-            "pexit": pexit,
-            "debugerror": error,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
         with self._write() as conn:
-            self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
+            self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(
@@ -389,6 +376,17 @@ class SqlTaskStore(TaskStore):
                     OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at)
                 )
         return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
+
+
+def _failed(now: float, error: str, pexit: int) -> dict[str, Any]:
+    """The columns of a task that ended failed (SPEC.md: task_postprocess_end, pexit != 0)."""
+    return {
+        "status": Status.POSTPROCESS_END.value,
+        "postprocessendtime": now,
+        "pexit": pexit,
+        "debugerror": error,
+        **_RELEASED,
+    }
 
 
 def _output_order(output: OutputRecord) -> tuple[int, str]:

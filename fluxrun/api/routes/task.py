@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -21,87 +22,85 @@ NO_TASK = "There is no task yet."
 MAX_PAGE = 100
 
 
-@router.post("/v1/Task/Detail")
-def detail(
+@dataclass(frozen=True)
+class TaskCall:
+    """One authenticated call on the task endpoints: who asks, with what body."""
+
+    request: Request
+    caller: Project
+    body: dict[str, Any]
+    state: AppState
+
+    def wire(self, tasks: list[TaskRecord]) -> list[dict[str, Any]]:
+        base_url = self.state.base_url(self.request)
+        return [task_wire(task, self.state.storage, base_url) for task in tasks]
+
+    def find(self) -> TaskRecord:
+        """The task named by taskid, tasktoken or socketaccesstoken (the seeds use all three)."""
+        task_id = self.body.get("taskid")
+        token = self.body.get("tasktoken") or self.body.get("socketaccesstoken")
+        store = self.state.store
+        if task_id not in (None, ""):
+            text = str(task_id).strip()
+            if not text.isdigit():
+                raise ValidationError("taskid", "must be a task id (digits)")
+            task = store.get_task(self.caller.id, task_id=int(text))
+        elif token not in (None, ""):
+            task = store.get_task(self.caller.id, token=str(token).strip())
+        else:
+            raise FluxrunError("taskid or socketaccesstoken is required")
+        if task is None:
+            raise NotFoundError(NO_TASK)
+        return task
+
+
+def task_call(
     request: Request,
     caller: Project = Depends(authenticate),
     body: dict[str, Any] = Depends(read_body),
     state: AppState = Depends(app_state),
-) -> dict[str, Any]:
-    task = _find(state, caller, body)
-    return {"total": "1", "errors": [], "tasklist": [task_wire(task, state.storage, state.base_url(request))], "result": True}
+) -> TaskCall:
+    return TaskCall(request, caller, body, state)
+
+
+@router.post("/v1/Task/Detail")
+def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
+    return {"total": "1", "errors": [], "tasklist": call.wire([call.find()]), "result": True}
 
 
 @router.post("/v1/Task/List")
-def task_list(
-    request: Request,
-    caller: Project = Depends(authenticate),
-    body: dict[str, Any] = Depends(read_body),
-    state: AppState = Depends(app_state),
-) -> dict[str, Any]:
+def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
+    body = call.body
     start = _int_field(body, "start", 0, low=0)
     limit = _int_field(body, "limit", 20, low=1, high=MAX_PAGE)
     order = str(body.get("order") or "DESC").upper()
     if order not in ("ASC", "DESC"):
         raise ValidationError("order", "must be ASC or DESC")
-    sort = str(body.get("sort") or "id")
-    if sort != "id":
+    if str(body.get("sort") or "id") != "id":
         raise ValidationError("sort", "must be id")
     tool = str(body.get("modelName") or "").strip() or None
-    total, tasks = state.store.list_tasks(caller.id, start=start, limit=limit, descending=order == "DESC", tool=tool)
-    base = state.base_url(request)
-    return {
-        "total": str(total),
-        "errors": [],
-        "tasklist": [task_wire(t, state.storage, base) for t in tasks],
-        "result": True,
-    }
+    total, tasks = call.state.store.list_tasks(
+        call.caller.id, start=start, limit=limit, descending=order == "DESC", tool=tool
+    )
+    return {"total": str(total), "errors": [], "tasklist": call.wire(tasks), "result": True}
 
 
 @router.post("/v1/Task/Cancel")
-def cancel(
-    request: Request,
-    caller: Project = Depends(authenticate),
-    body: dict[str, Any] = Depends(read_body),
-    state: AppState = Depends(app_state),
-) -> dict[str, Any]:
-    task = _find(state, caller, body)
-    cancelled = state.store.cancel_queued(caller.id, task.id, time.time())
+def cancel(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
+    task = call.find()
+    cancelled = call.state.store.cancel_queued(call.caller.id, task.id, time.time())
     if cancelled is None:
         raise FluxrunError("Task is not in a cancellable state.")
-    return {"errors": [], "tasklist": [task_wire(cancelled, state.storage, state.base_url(request))], "result": True}
+    return {"errors": [], "tasklist": call.wire([cancelled]), "result": True}
 
 
 @router.post("/v1/Task/Kill")
-def kill(
-    request: Request,
-    caller: Project = Depends(authenticate),
-    body: dict[str, Any] = Depends(read_body),
-    state: AppState = Depends(app_state),
-) -> dict[str, Any]:
-    task = _find(state, caller, body)
-    killed = state.store.kill(caller.id, task.id, time.time())
+def kill(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
+    task = call.find()
+    killed = call.state.store.kill(call.caller.id, task.id, time.time())
     if killed is None:
         raise FluxrunError(f"Task is not in a killable state: it has already ended ({task.status.value}).")
-    return {"errors": [], "tasklist": [task_wire(killed, state.storage, state.base_url(request))], "result": True}
-
-
-def _find(state: AppState, caller: Project, body: dict[str, Any]) -> TaskRecord:
-    """The task named by taskid, tasktoken or socketaccesstoken (the seeds use all three)."""
-    task_id = body.get("taskid")
-    token = body.get("tasktoken") or body.get("socketaccesstoken")
-    if task_id not in (None, ""):
-        text = str(task_id).strip()
-        if not text.isdigit():
-            raise ValidationError("taskid", "must be a task id (digits)")
-        task = state.store.get_task(caller.id, task_id=int(text))
-    elif token not in (None, ""):
-        task = state.store.get_task(caller.id, token=str(token).strip())
-    else:
-        raise FluxrunError("taskid or socketaccesstoken is required")
-    if task is None:
-        raise NotFoundError(NO_TASK)
-    return task
+    return {"errors": [], "tasklist": call.wire([killed]), "result": True}
 
 
 def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: int | None = None) -> int:
