@@ -95,7 +95,9 @@ def test_kill_stops_generation_at_the_next_step(worker: Worker, store: TaskStore
     project, task = _submit(store, steps=40, width=1024, height=1024)
     thread = threading.Thread(target=worker.run_once)
     thread.start()
+    deadline = time.monotonic() + 60
     while (current := store.get_task(project.id, task_id=task.id)).progress is None:
+        assert time.monotonic() < deadline and not current.status.terminal, current
         time.sleep(0.01)
     killed_at_step = int(current.progress["stepCurrent"])
     store.kill(project.id, task.id, time.time())
