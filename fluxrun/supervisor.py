@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fluxrun.config import Settings
 
@@ -31,7 +31,6 @@ class _Slot:
     started: float = 0.0
     backoff: float = 0.0
     restart_at: float = 0.0
-    restarts: int = field(default=0)
 
 
 class WorkerSupervisor:
@@ -41,10 +40,6 @@ class WorkerSupervisor:
         self._grace = grace_seconds
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
-
-    @property
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self._slots if s.process and s.process.poll() is None]
 
     def start(self) -> None:
         for slot in self._slots:
@@ -69,7 +64,6 @@ class WorkerSupervisor:
                 lived = now - slot.started
                 slot.backoff = min(_MAX_BACKOFF_S, max(1.0, slot.backoff * 2)) if lived < _FAST_DEATH_S else 0.0
                 slot.restart_at = now + slot.backoff
-                slot.restarts += 1
                 log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s",
                             slot.index, process.pid, process.returncode, slot.backoff)
                 slot.process = None

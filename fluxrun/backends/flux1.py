@@ -7,7 +7,6 @@ each task activates exactly its own (or none). Image i of a task is made alone f
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ class Flux1Backend:
         self.device = options.device
         self._adapters: set[str] = set()
         self.last_notes: list[str] = []
-        started = time.monotonic()
         if self.tiny:
             self.pipe = FluxPipeline.from_pretrained(ensure_tiny_flux1(options.models_dir), torch_dtype=torch.float32)
             self.pipe.to(self.device)
@@ -53,7 +51,6 @@ class Flux1Backend:
                 self.pipe.to(self.device)
             self.description = f"FLUX.1 {options.flux1_base} bf16 on {self.device}"
         self.pipe.set_progress_bar_config(disable=True)
-        self.load_seconds = time.monotonic() - started
 
     # -- adapters -------------------------------------------------------------------------
     def _use_adapter(self, name: str | None) -> None:

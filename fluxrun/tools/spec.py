@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Mapping
 
@@ -101,7 +101,6 @@ class ToolSpec:
     lora: str | None = None  # adapter name over the backend's base model
     trigger_words: str | None = None
     max_pixels: int | None = None  # width x height
-    meta: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
