@@ -1,24 +1,64 @@
 """The contract between the worker and a way of making images.
 
-A backend is loaded once per worker process and serves many tasks. ``generate`` calls
-``on_step(done, total)`` after every denoising step, counting across all images of the
-task; the worker uses it for progress and raises ``fluxrun.errors.TaskStopped`` from it
-when the task was killed. A backend must let that exception propagate untouched, so a
-kill stops the work within one step.
+A backend is loaded once per worker process and serves many tasks. ``generate`` is given
+the request and a ``Job``: the worker's side of one task. The backend calls
+``job.step(done, total)`` after every denoising step (counting across all images of the
+task), ``job.check()`` while it waits on something that has no steps (a remote API), and
+``job.note(text)`` for a line the task's ``debugoutput`` should carry. ``step`` and
+``check`` raise ``fluxrun.errors.TaskStopped`` once the task was killed; a backend must
+let that exception propagate untouched, so a kill stops the work within one step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from fluxrun.errors import TaskStopped
 from fluxrun.tools.request import GenerationRequest
 
 if TYPE_CHECKING:  # PIL is a worker-side dependency
     from PIL.Image import Image
 
-StepCallback = Callable[[int, int], None]
+    from fluxrun.imaging.encode import EncodedImage
+
+
+class Job(Protocol):
+    """The worker's side of one task, as a backend sees it."""
+
+    def step(self, done: int, total: int) -> None:
+        """Progress after a denoising step; raises TaskStopped when the task was killed."""
+
+    def check(self) -> None:
+        """Raises TaskStopped when the task was killed; cheap enough to call in a wait loop."""
+
+    def note(self, text: str) -> None:
+        """A line for the task's debugoutput (what ran, what was left out and why)."""
+
+
+@dataclass
+class RecordingJob:
+    """A Job that keeps what it is told: for warm-ups, benchmarks and tests.
+
+    ``stop_at`` makes ``step`` raise TaskStopped once that many steps are done, as a kill would.
+    """
+
+    stop_at: int | None = None
+    steps: list[tuple[int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def step(self, done: int, total: int) -> None:
+        self.steps.append((done, total))
+        if self.stop_at is not None and done >= self.stop_at:
+            raise TaskStopped()
+
+    def check(self) -> None:
+        if self.stop_at is not None and self.steps and self.steps[-1][0] >= self.stop_at:
+            raise TaskStopped()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
 
 @dataclass(frozen=True)
@@ -37,6 +77,7 @@ class Backend(Protocol):
     #: One line saying what this backend really runs, shown in each task's debugoutput.
     description: str
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image]:
-        """Make ``request.samples`` images, in seed order."""
+    def generate(self, request: GenerationRequest, job: Job) -> list[Image | EncodedImage]:
+        """Make ``request.samples`` images, in seed order: PIL images the worker encodes as the
+        request asks, or files already encoded (a remote API's), stored as they are."""
         ...

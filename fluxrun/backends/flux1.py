@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fluxrun.backends.base import BackendOptions, StepCallback
+from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
 from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
 from fluxrun.errors import BackendUnavailable
@@ -33,7 +33,6 @@ class Flux1Backend:
         self.tiny = options.models == "tiny"
         self.device = options.device
         self._adapters: set[str] = set()
-        self.last_notes: list[str] = []
         if self.tiny:
             self.pipe = FluxPipeline.from_pretrained(ensure_tiny_flux1(options.models_dir), torch_dtype=torch.float32)
             self.pipe.to(self.device)
@@ -53,12 +52,12 @@ class Flux1Backend:
         self.pipe.set_progress_bar_config(disable=True)
 
     # -- adapters -------------------------------------------------------------------------
-    def _use_adapter(self, name: str | None) -> None:
-        """Activate exactly ``name`` (or no adapter); notes say when one is missing."""
+    def _use_adapter(self, name: str | None, job: Job) -> None:
+        """Activate exactly ``name`` (or no adapter); the job's notes say when one is missing."""
         if name is not None and name not in self._adapters:
             source = self._adapter_source(name)
             if source is None:
-                self.last_notes.append(
+                job.note(
                     f"LoRA '{name}' is not configured (set FLUXRUN_LORA_{name.upper().replace('-', '_')}); "
                     "ran the base model"
                 )
@@ -89,11 +88,10 @@ class Flux1Backend:
         self._adapters.add(name)
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image]:
+    def generate(self, request: GenerationRequest, job: Job) -> list[Image]:
         import torch
 
-        self.last_notes = []
-        self._use_adapter(request.lora)
+        self._use_adapter(request.lora, job)
         prompt = with_trigger_words(request.prompt, request.trigger_words)
         total = request.steps * request.samples
         images: list[Image] = []
@@ -102,7 +100,7 @@ class Flux1Backend:
 
             def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 # Raising here (TaskStopped on a kill) leaves the pipeline at once: no VAE decode.
-                on_step(done_before + step + 1, total)
+                job.step(done_before + step + 1, total)
                 return kwargs
 
             with torch.inference_mode():

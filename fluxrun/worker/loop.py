@@ -17,13 +17,13 @@ import time
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
 from fluxrun.errors import BackendUnavailable, LeaseLost, TaskStopped
-from fluxrun.imaging.encode import encode_image
+from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import Lease, NewOutput, TaskStore
 from fluxrun.tools.catalog import tool_by_slug
 from fluxrun.worker.heartbeat import Heartbeat
-from fluxrun.worker.progress import ProgressMeter
+from fluxrun.worker.job import TaskJob
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -90,25 +90,16 @@ class Worker:
         store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
         store.advance(lease, Status.START, now())
 
-        meter = ProgressMeter()
-
-        def on_step(done: int, total: int) -> None:
-            if beat.lost.is_set():
-                raise TaskStopped()
-            try:
-                store.record_progress(lease, meter.message(done, total), now())
-            except LeaseLost:
-                raise TaskStopped() from None
-
+        job = TaskJob(store, lease, beat)
         started = time.monotonic()
-        images = backend.generate(request, on_step)
+        images = backend.generate(request, job)
         elapsed = time.monotonic() - started
-        notes = "".join(f"{n}\n" for n in getattr(backend, "last_notes", []) or [])
-        store.advance(lease, Status.END, now(), note=notes or None)
+        store.advance(lease, Status.END, now(), note=job.notes_text())
 
         outputs: list[NewOutput] = []
         for index, image in enumerate(images):
-            encoded = encode_image(image, request.output_format)
+            # A backend that received finished files (a remote API) hands them over as they are.
+            encoded = image if isinstance(image, EncodedImage) else encode_image(image, request.output_format)
             name = f"{index}.{encoded.extension}"
             size = self.storage.put(lease.task.output_key, name, encoded.data, encoded.content_type)
             outputs.append(NewOutput(name=name, content_type=encoded.content_type, size=size))

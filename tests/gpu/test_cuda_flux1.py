@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_flux1_bf16_on_cuda_with_lora(tmp_path: Path) -> None:
     import numpy as np
 
-    from fluxrun.backends.base import BackendOptions
+    from fluxrun.backends.base import BackendOptions, RecordingJob
     from fluxrun.backends.flux1 import Flux1Backend
     from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
     from fluxrun.tools.catalog import find_tool
@@ -29,9 +29,9 @@ def test_flux1_bf16_on_cuda_with_lora(tmp_path: Path) -> None:
     assert backend.pipe.transformer.dtype == torch.bfloat16 and backend.pipe.device.type == "cuda"
     tool = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
     request = tool.to_request(tool.validate({"prompt": "a cat", "samples": 2, "seed": 5}))  # 1024x1024, 12 steps
-    steps: list[int] = []
-    images = backend.generate(request, lambda done, total: steps.append(done))
-    assert [i.size for i in images] == [(1024, 1024)] * 2 and steps == list(range(1, 25))
-    assert backend.last_notes == []
-    again = backend.generate(request, lambda done, total: None)
+    job = RecordingJob()
+    images = backend.generate(request, job)
+    assert [i.size for i in images] == [(1024, 1024)] * 2 and [done for done, _ in job.steps] == list(range(1, 25))
+    assert job.notes == []
+    again = backend.generate(request, RecordingJob())
     assert np.array_equal(np.asarray(images[1]), np.asarray(again[1]))

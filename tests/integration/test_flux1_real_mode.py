@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fluxrun.backends.base import BackendOptions
+from fluxrun.backends.base import BackendOptions, RecordingJob
 from fluxrun.backends.flux1 import Flux1Backend, with_trigger_words
 from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
 from fluxrun.errors import BackendUnavailable, TaskStopped
@@ -34,17 +34,19 @@ def test_real_mode_loads_a_local_base_and_a_safetensors_lora(models: Path) -> No
     backend = Flux1Backend(BackendOptions(models="real", models_dir=models, flux1_base=str(ensure_tiny_flux1(models)),
                                           lora_sources={"flat-pixel-art": str(lora_file)}))
     assert "bf16" in backend.description
-    with_lora = backend.generate(_request(), lambda done, total: None)
-    assert backend.last_notes == []
-    base = backend.generate(replace(_request(), lora=None), lambda done, total: None)
+    job = RecordingJob()
+    with_lora = backend.generate(_request(), job)
+    assert job.notes == []
+    base = backend.generate(replace(_request(), lora=None), RecordingJob())
     assert not np.array_equal(np.asarray(with_lora[0]), np.asarray(base[0]))
 
 
 def test_real_mode_without_a_configured_lora_runs_the_base_and_says_so(models: Path) -> None:
     backend = Flux1Backend(BackendOptions(models="real", models_dir=models, flux1_base=str(ensure_tiny_flux1(models))))
-    [image] = backend.generate(_request(), lambda done, total: None)
+    job = RecordingJob()
+    [image] = backend.generate(_request(), job)
     assert image.size == (128, 128)
-    assert backend.last_notes == [
+    assert job.notes == [
         "LoRA 'flat-pixel-art' is not configured (set FLUXRUN_LORA_FLAT_PIXEL_ART); ran the base model"
     ]
 
@@ -61,16 +63,10 @@ def test_unreachable_weights_give_an_actionable_message(models: Path, monkeypatc
 
 def test_a_stop_raised_from_the_step_callback_leaves_at_once(models: Path) -> None:
     backend = Flux1Backend(BackendOptions(models="tiny", models_dir=models))
-    calls: list[int] = []
-
-    def on_step(done: int, total: int) -> None:
-        calls.append(done)
-        if done == 2:
-            raise TaskStopped()
-
+    job = RecordingJob(stop_at=2)
     with pytest.raises(TaskStopped):
-        backend.generate(_request(steps=10, samples=2), on_step)
-    assert calls == [1, 2]
+        backend.generate(_request(steps=10, samples=2), job)
+    assert job.steps == [(1, 20), (2, 20)]
 
 
 def test_trigger_words_are_added_once() -> None:

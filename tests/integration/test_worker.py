@@ -76,8 +76,8 @@ def test_a_tool_without_a_backend_fails_clearly_and_the_worker_goes_on(worker: W
 def test_a_backend_error_ends_the_task_not_the_worker(worker: Worker, store: TaskStore, monkeypatch) -> None:
     backend = worker.backends.get("flux1")
 
-    def broken(request, on_step):
-        on_step(1, 2)
+    def broken(request, job):
+        job.step(1, 2)
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(backend, "generate", broken)
