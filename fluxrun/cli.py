@@ -25,13 +25,23 @@ Host = Annotated[Optional[str], typer.Option("--host", help="Listen address [FLU
 Port = Annotated[Optional[int], typer.Option("--port", help="Listen port [FLUXRUN_PORT, default 8000]")]
 Models = Annotated[Optional[str], typer.Option("--models", help="auto | tiny | real [FLUXRUN_MODELS, default auto]")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Worker processes [FLUXRUN_WORKERS, default 1]")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [FLUXRUN_DEVICE]")]
 PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="Base URL clients use [FLUXRUN_PUBLIC_URL]")]
 
 
 def _settings(**flags: Any) -> Any:
+    """The settings from FLUXRUN_* and the flags; a bad value is one line naming the setting."""
+    from pydantic import ValidationError
+
     from fluxrun.config import Settings
 
-    return Settings(**{name: value for name, value in flags.items() if value is not None})
+    try:
+        return Settings(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            console.print(f"[red]FLUXRUN_{name}: {error['msg'].removeprefix('Value error, ')}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _logging() -> None:
@@ -58,10 +68,11 @@ def serve(
     models: Models = None,
     workers: Workers = None,
     public_url: PublicUrl = None,
+    device: Device = None,
 ) -> None:
     """The API and its worker processes, on the embedded defaults (SQLite, ./data)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, models=models,
-                         workers=workers, public_url=public_url)
+                         workers=workers, public_url=public_url, device=device)
     _logging()
     from fluxrun.supervisor import WorkerSupervisor
 
@@ -96,9 +107,11 @@ def api(
 
 
 @app.command()
-def worker(data_dir: DataDir = None, database_url: DatabaseUrl = None, models: Models = None) -> None:
+def worker(
+    data_dir: DataDir = None, database_url: DatabaseUrl = None, models: Models = None, device: Device = None
+) -> None:
     """One worker process: claims tasks and runs the models."""
-    settings = _settings(data_dir=data_dir, database_url=database_url, models=models)
+    settings = _settings(data_dir=data_dir, database_url=database_url, models=models, device=device)
     _logging()
     from fluxrun.worker.main import run_worker
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelsMode = Literal["auto", "tiny", "real"]
 _LORA_ENV = re.compile(r"^FLUXRUN_LORA_([A-Z0-9_]+)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class Settings(BaseSettings):
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
     cpu_offload: bool = False
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps: where a worker runs its models")
+    compile: bool = Field(False, description="torch.compile the transformer's repeated blocks; LoRAs then hotswap")
+    warmup: bool = Field(False, description="a worker runs one small generation per tool before taking tasks")
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -45,6 +49,14 @@ class Settings(BaseSettings):
         if value and value.startswith(("postgres://", "postgresql://")):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value or None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        text = value.strip().lower()
+        if not _DEVICE.match(text):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N (a GPU index) or mps")
+        return text
 
     @property
     def effective_database_url(self) -> str:

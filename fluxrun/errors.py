@@ -17,9 +17,15 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     LeaseLost          a worker's lease was taken over; it must not write its result
     IllegalTransition  a status change the state machine forbids
     BackendUnavailable a backend cannot be loaded here (no weights, no token, offline)
+    TaskFailure        a task ends failed with this message as its debugerror
+    └── OutOfMemory    the GPU ran out of memory on this task; the worker freed it and goes on
 """
 
 from __future__ import annotations
+
+# A process's exit status for a configuration it cannot run with (sysexits' EX_CONFIG): the
+# supervisor does not restart a worker that exits with it, as the next start would fail alike.
+EXIT_CONFIG = 78
 
 
 class FluxrunError(Exception):
@@ -78,3 +84,11 @@ class IllegalTransition(Exception):
 
 class BackendUnavailable(Exception):
     """A backend cannot run here; the message says why and what to do."""
+
+
+class TaskFailure(Exception):
+    """The task ends failed (pexit 1) and its debugerror is exactly this message."""
+
+
+class OutOfMemory(TaskFailure):
+    """The GPU ran out of memory on this task; the memory was released and the worker goes on."""

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from fluxrun.config import Settings
+from fluxrun.errors import EXIT_CONFIG
 
 log = logging.getLogger("fluxrun.supervisor")
 
@@ -60,6 +61,11 @@ class WorkerSupervisor:
                 if process is None or process.poll() is None:
                     if process is None and now >= slot.restart_at:
                         self._spawn(slot)
+                    continue
+                if process.returncode == EXIT_CONFIG:
+                    log.error("worker %d (pid %d) cannot run with this configuration (its message is above); "
+                              "not restarting it: fix the setting and restart", slot.index, process.pid)
+                    slot.process, slot.restart_at = None, float("inf")
                     continue
                 lived = now - slot.started
                 slot.backoff = min(_MAX_BACKOFF_S, max(1.0, slot.backoff * 2)) if lived < _FAST_DEATH_S else 0.0

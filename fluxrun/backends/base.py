@@ -69,8 +69,11 @@ class BackendOptions:
     models_dir: Path  # where tiny models are built and kept
     device: str = "cpu"  # "cuda" | "cpu"
     flux1_base: str = "black-forest-labs/FLUX.1-dev"  # hub repo id or local folder
-    lora_sources: dict[str, str] = field(default_factory=dict)  # adapter name -> hub repo or local path
+    # adapter name -> hub repo, folder or .safetensors file; overrides a tool spec's default source
+    lora_sources: dict[str, str] = field(default_factory=dict)
     cpu_offload: bool = False
+    compile: bool = False  # torch.compile the transformer's repeated blocks (LoRAs then hotswap)
+    compile_backend: str = "inductor"  # torch.compile backend; tests use "eager" to count recompiles cheaply
 
 
 class Backend(Protocol):

@@ -1,17 +1,18 @@
-"""FLUX.1 (+ LoRA adapters over one resident base): the pixel-art tool's backend.
+"""FLUX.1 (+ LoRA adapters over one resident base): the backend of the FLUX.1 LoRA tools.
 
-One pipeline per worker process, loaded once. Adapters are loaded on first use and kept;
-each task activates exactly its own (or none). Image i of a task is made alone from
-``seed + i``, so it is the same whatever ``samples`` is.
+One pipeline per worker process, loaded once; every tool whose spec names a LoRA over it
+shares it, and each task activates exactly its own adapter (or none): named adapters when
+the transformer runs eagerly, one hotswapped slot when it is compiled (fluxrun.backends.lora).
+Image i of a task is made alone from ``seed + i``, so it is the same whatever ``samples`` is.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
+from fluxrun.backends.lora import HotswapSlot, LoraSwitch, NamedAdapters, configured_sources
 from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
 from fluxrun.errors import BackendUnavailable
 from fluxrun.tools.request import GenerationRequest
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 # T5 tokens: 512 is FLUX.1-dev's own limit; the tiny T5 is given less for speed.
 REAL_MAX_SEQUENCE = 512
 TINY_MAX_SEQUENCE = 64
+BACKEND_NAME = "flux1"  # as tool specs name it
 
 
 class Flux1Backend:
@@ -32,13 +34,10 @@ class Flux1Backend:
         self.options = options
         self.tiny = options.models == "tiny"
         self.device = options.device
-        self._adapters: set[str] = set()
         if self.tiny:
             self.pipe = FluxPipeline.from_pretrained(ensure_tiny_flux1(options.models_dir), torch_dtype=torch.float32)
             self.pipe.to(self.device)
-            self.description = (
-                f"FLUX.1 tiny random-weight pipeline on {self.device} (no GPU or --models tiny: images are noise)"
-            )
+            what = f"FLUX.1 tiny random-weight pipeline on {self.device} (no GPU or --models tiny: images are noise)"
         else:
             try:
                 self.pipe = FluxPipeline.from_pretrained(options.flux1_base, torch_dtype=torch.bfloat16)
@@ -48,50 +47,29 @@ class Flux1Backend:
                 self.pipe.enable_model_cpu_offload()
             else:
                 self.pipe.to(self.device)
-            self.description = f"FLUX.1 {options.flux1_base} bf16 on {self.device}"
+            what = f"FLUX.1 {options.flux1_base} bf16 on {self.device}"
         self.pipe.set_progress_bar_config(disable=True)
+        sources = self._lora_sources()
+        # The slot must exist before compiling, so that swapping adapters never recompiles.
+        self.loras: LoraSwitch = HotswapSlot(self.pipe, sources) if options.compile else NamedAdapters(self.pipe, sources)
+        if options.compile:
+            self.pipe.transformer.compile_repeated_blocks(fullgraph=True, backend=options.compile_backend)
+            what += f", transformer compiled ({options.compile_backend}), LoRA hotswap"
+        self.description = what
 
-    # -- adapters -------------------------------------------------------------------------
-    def _use_adapter(self, name: str | None, job: Job) -> None:
-        """Activate exactly ``name`` (or no adapter); the job's notes say when one is missing."""
-        if name is not None and name not in self._adapters:
-            source = self._adapter_source(name)
-            if source is None:
-                job.note(
-                    f"LoRA '{name}' is not configured (set FLUXRUN_LORA_{name.upper().replace('-', '_')}); "
-                    "ran the base model"
-                )
-                name = None
-            else:
-                self._load_adapter(name, source)
-        if name is None:
-            if self._adapters:
-                self.pipe.disable_lora()
-            return
-        self.pipe.enable_lora()
-        self.pipe.set_adapters([name])
-
-    def _adapter_source(self, name: str) -> str | None:
+    def _lora_sources(self) -> dict[str, str | None]:
+        """Adapter name -> source (None: not configured) for every LoRA a FLUX.1 tool names: the
+        operator's setting, else the tool spec's default; tiny mode builds a tiny LoRA for each."""
+        sources = configured_sources(BACKEND_NAME, self.options.lora_sources)
         if self.tiny:
-            return str(ensure_tiny_lora(self.options.models_dir, name))
-        return self.options.lora_sources.get(name)
-
-    def _load_adapter(self, name: str, source: str) -> None:
-        path = Path(source)
-        kwargs: dict[str, Any] = {"adapter_name": name}
-        if path.suffix == ".safetensors":  # a single weights file: its folder and name
-            source, kwargs["weight_name"] = str(path.parent), path.name
-        try:
-            self.pipe.load_lora_weights(source, **kwargs)
-        except Exception as exc:
-            raise BackendUnavailable(hub_error_message(source, exc, f"FLUXRUN_LORA_{name.upper().replace('-', '_')}")) from exc
-        self._adapters.add(name)
+            return {name: str(ensure_tiny_lora(self.options.models_dir, name)) for name in sources}
+        return sources
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, request: GenerationRequest, job: Job) -> list[Image]:
         import torch
 
-        self._use_adapter(request.lora, job)
+        self.loras.activate(request.lora, job)
         prompt = with_trigger_words(request.prompt, request.trigger_words)
         total = request.steps * request.samples
         images: list[Image] = []

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fluxrun.backends.base import Backend, BackendOptions
 from fluxrun.errors import BackendUnavailable
 
 MODES = ("auto", "tiny", "real")
 
 
-def resolve_models_mode(requested: str) -> tuple[str, str]:
-    """(mode, device): auto means real models on a CUDA GPU, tiny ones on the CPU otherwise."""
+def resolve_models_mode(requested: str, device: str = "auto") -> tuple[str, str]:
+    """(mode, device) for the settings ``models`` and ``device``.
+
+    ``auto`` models mean the real ones on a GPU and tiny ones on the CPU; ``auto`` device
+    means the first CUDA GPU when there is one. A device that is named but absent is an
+    operator error, with a one-line message that says what to do.
+    """
     if requested not in MODES:
         raise ValueError(f"models: must be one of {', '.join(MODES)} (got {requested!r})")
     import torch
 
     cuda = torch.cuda.is_available()
-    if requested == "tiny":
-        return "tiny", "cpu"
+    if device == "auto":
+        device = "cuda" if cuda and requested != "tiny" else "cpu"
+    _check_device(device, torch)
     if requested == "auto":
-        return ("real", "cuda") if cuda else ("tiny", "cpu")
-    return "real", "cuda" if cuda else "cpu"
+        requested = "real" if device.startswith("cuda") else "tiny"
+    return requested, device
+
+
+def _check_device(device: str, torch: Any) -> None:
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if count == 0:
+            raise BackendUnavailable(
+                f"FLUXRUN_DEVICE={device}: torch {torch.__version__} sees no CUDA GPU (CUDA build: "
+                f"{torch.version.cuda or 'none'}). Check the driver with nvidia-smi, or set FLUXRUN_DEVICE=cpu "
+                "(with --models tiny to try fluxrun without a GPU)."
+            )
+        if index >= count:
+            raise BackendUnavailable(
+                f"FLUXRUN_DEVICE={device}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}."
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise BackendUnavailable("FLUXRUN_DEVICE=mps: this torch has no Apple GPU (MPS) available; use cpu.")
 
 
 def load_backend(name: str, options: BackendOptions) -> Backend:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fluxrun.errors import NotFoundError
-from fluxrun.tools import flat_pixel_art_flux, flux_2_flex_t2i
+from fluxrun.tools import flat_pixel_art_flux, flux_2_flex_t2i, realism_flux
 from fluxrun.tools.spec import ToolSpec
 
-TOOLS: tuple[ToolSpec, ...] = (flat_pixel_art_flux.TOOL, flux_2_flex_t2i.TOOL)
+TOOLS: tuple[ToolSpec, ...] = (flat_pixel_art_flux.TOOL, flux_2_flex_t2i.TOOL, realism_flux.TOOL)
 _BY_SLUG = {tool.slug.lower(): tool for tool in TOOLS}
 
 

@@ -1,14 +1,16 @@
 """desertPixel/Flat-Pixel-Art-FLUX: FLUX.1-dev with the Flat Pixel Art LoRA.
 
-Inputs exactly as the seed page lists them (name, label, help, type, default); the ranges
-are ours: the seed gives none.
+Inputs exactly as the seed page lists them (fluxrun.tools.flux1_inputs). Its LoRA has no
+public default source: the operator names it with FLUXRUN_LORA_FLAT_PIXEL_ART; without
+one the tool runs on the base model and says so.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from fluxrun.tools.spec import InputSpec, ToolSpec
+from fluxrun.tools.flux1_inputs import flux1_lora_inputs
+from fluxrun.tools.spec import ToolSpec
 
 DEFAULT_PROMPT = (
     "Frozen tundra with ice crystals and northern lights in sky., magical psychedelic detailed "
@@ -29,19 +31,5 @@ TOOL = ToolSpec(
     backend="flux1",
     lora="flat-pixel-art",
     trigger_words="dpixeBw style",
-    inputs=(
-        InputSpec("prompt", "prompt", "prompt-help", "textarea", DEFAULT_PROMPT, "string", role="prompt",
-                  required=True, max_length=10_000),
-        InputSpec("samples", "numberofoutputs", "numberofoutputs-help", "number", "1", "int", role="samples",
-                  min=1, max=4, step=1),
-        InputSpec("steps", "inferencesteps", "inferencesteps-help", "number", "12", "int", role="steps",
-                  min=1, max=50, step=1),
-        InputSpec("scale", "guidancescale", "guidancescale-help", "float", "3", "float", role="guidance",
-                  min=0, max=20, step=0.1),
-        InputSpec("seed", "seed", "seed-help", "text", "71942193", "seed", role="seed"),
-        InputSpec("width", "width", "width-help", "number", "1024", "int", role="width",
-                  min=64, max=2048, step=16, multiple_of=16),
-        InputSpec("height", "height", "height-help", "number", "1024", "int", role="height",
-                  min=64, max=2048, step=16, multiple_of=16),
-    ),
+    inputs=flux1_lora_inputs(DEFAULT_PROMPT),
 )

@@ -99,6 +99,7 @@ class ToolSpec:
     backend: str  # which backend makes the images (fluxrun.backends.registry)
     inputs: tuple[InputSpec, ...]
     lora: str | None = None  # adapter name over the backend's base model
+    lora_source: str | None = None  # where the adapter comes from unless FLUXRUN_LORA_<NAME> says
     trigger_words: str | None = None
     max_pixels: int | None = None  # width x height
 

@@ -14,9 +14,10 @@ import socket
 import threading
 import time
 
+from fluxrun.backends import memory
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable, LeaseLost, TaskStopped
+from fluxrun.errors import BackendUnavailable, LeaseLost, TaskFailure, TaskStopped
 from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
@@ -92,7 +93,7 @@ class Worker:
 
         job = TaskJob(store, lease, beat)
         started = time.monotonic()
-        images = backend.generate(request, job)
+        images = memory.generate(backend, request, job)
         elapsed = time.monotonic() - started
         store.advance(lease, Status.END, now(), note=job.notes_text())
 
@@ -114,7 +115,7 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, (BackendUnavailable, TaskFailure)):  # fluxrun's own words, for the user
         return str(exc)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -11,11 +11,12 @@ from types import FrameType
 from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.registry import BackendCache, resolve_models_mode
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable
+from fluxrun.errors import EXIT_CONFIG, BackendUnavailable
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
 from fluxrun.worker.loop import Worker
+from fluxrun.worker.startup import load_all, lora_report, warm_up
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -37,26 +38,30 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
         flux1_base=settings.flux1_base,
         lora_sources=settings.lora_sources(),
         cpu_offload=settings.cpu_offload,
+        compile=settings.compile,
     )
 
 
 def run_worker(settings: Settings) -> None:
-    mode, device = resolve_models_mode(settings.models)
+    try:
+        mode, device = resolve_models_mode(settings.models, settings.device)
+    except BackendUnavailable as exc:
+        print(f"fluxrun worker: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CONFIG)
     if mode == "tiny":
         reason = "no CUDA GPU found" if settings.models == "auto" else "--models tiny"
         print(TINY_BANNER.format(reason=reason), file=sys.stderr, flush=True)
     else:
         log.info("serving real models on %s", device)
+    for line in lora_report(settings, mode):
+        log.warning(line)
 
     store = open_store(settings.effective_database_url)
     storage = LocalStorage(settings.outputs_dir)
     backends = BackendCache(backend_options(settings, mode, device))
-    # Load every pipeline now, so the first user task is not the one that waits for it.
-    for name in sorted({tool.backend for tool in TOOLS}):
-        try:
-            backends.get(name)
-        except BackendUnavailable as exc:
-            log.warning("backend %s unavailable: %s", name, exc)
+    load_all(backends, TOOLS)
+    if settings.warmup:
+        warm_up(backends, TOOLS)
 
     stop = threading.Event()
 

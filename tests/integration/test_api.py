@@ -202,7 +202,7 @@ def test_projects_cannot_see_each_other(api: Api) -> None:
 
 def test_tools(api: Api) -> None:
     listed = api.post("/v1/Tool/List", {"start": "0", "limit": "10", "search": "", "categories": []}).json()
-    assert listed["result"] and listed["total"] == "2"
+    assert listed["result"] and listed["total"] == "3"
     tool = listed["tool"][0]
     assert set(tool) == {"id", "title", "slugowner", "slugproject", "cleanslugowner", "cleanslugproject",
                          "description", "categories", "tags", "image", "cps", "parameters"}

@@ -141,3 +141,37 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(worker: Worker, stor
     done = store.get_task(project.id, task_id=task.id)
     assert done.attempt == 2 and done.pexit == 0 and len(done.outputs) == 1
     assert "paused-worker" in done.debugoutput
+
+
+def test_a_gpu_out_of_memory_fails_that_task_frees_its_memory_and_the_next_succeeds(
+    worker: Worker, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    import torch
+
+    held: list[weakref.ref] = []
+    alive_when_cache_emptied: list[bool] = []
+
+    def exhausted(*args, **kwargs):
+        activations = torch.ones(256, 256)  # what the failed call was holding
+        held.append(weakref.ref(activations))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    # Emptying the CUDA cache frees nothing while the failed call's tensors are still referenced
+    # (from inside the except block, its traceback holds them): record whether they were gone.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_when_cache_emptied.append(held[0]() is not None))
+    monkeypatch.setattr(worker.backends.get("flux1").pipe.transformer, "forward", exhausted)
+    project, task = _submit(store, width=512, height=256)
+    assert worker.run_once()
+    failed = store.get_task(project.id, task_id=task.id)
+    assert failed.status is Status.POSTPROCESS_END and failed.pexit == 1 and failed.outputs == ()
+    assert failed.debugerror == (
+        "The GPU ran out of memory making 1 image(s) of 512x256 (CUDA out of memory. Tried to allocate 20.00 GiB). "
+        "Try a smaller size or fewer samples; on a small GPU the operator can set FLUXRUN_CPU_OFFLOAD=true."
+    )
+    assert alive_when_cache_emptied == [False]
+    monkeypatch.undo()
+    _, ok = _submit(store)
+    assert worker.run_once() and store.get_task(project.id, task_id=ok.id).pexit == 0

@@ -28,7 +28,12 @@ def test_inputs_are_the_seeds() -> None:
         "prompt", "width", "height", "guidance", "steps", "safetyTolerance", "seed", "outputFormat"
     ]
     assert [(o.value, o.label) for o in FLUX2.input("outputFormat").options] == [("jpeg", "JPEG"), ("png", "PNG")]
-    assert len(TOOLS) == 2
+    # The seeds' two tools, and a second LoRA tool over the pixel-art tool's base with the same inputs.
+    assert [t.slug for t in TOOLS] == ["desertPixel/Flat-Pixel-Art-FLUX", "black-forest-labs/flux-2-flex-t2i",
+                                       "fluxrun/Realism-FLUX"]
+    realism = TOOLS[2]
+    assert (realism.backend, realism.lora) == (PIXEL.backend, "realism") and realism.lora != PIXEL.lora
+    assert [i.name for i in realism.inputs] == [i.name for i in PIXEL.inputs]
 
 
 def test_seed_run_body_validates_with_strings_for_numbers() -> None:

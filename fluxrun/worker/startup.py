@@ -1,0 +1,72 @@
+"""What a worker does before it takes tasks: say what it serves, load, warm up.
+
+Every problem an operator can fix is one log line that says what to do: a device that is
+not there (fatal: the worker exits with errors.EXIT_CONFIG and is not restarted), a gated or
+unreachable model, a LoRA file that does not exist, a LoRA tool without its LoRA.
+The same messages reach each affected task's debugoutput or debugerror.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fluxrun.backends import memory
+from fluxrun.backends.base import RecordingJob
+from fluxrun.backends.flux1 import BACKEND_NAME as FLUX1
+from fluxrun.backends.lora import configured_sources, lora_setting, source_problem
+from fluxrun.backends.registry import BackendCache
+from fluxrun.config import Settings
+from fluxrun.errors import BackendUnavailable
+from fluxrun.tools.spec import ToolSpec
+
+log = logging.getLogger("fluxrun.worker")
+
+WARMUP_STEPS = 2
+
+
+def lora_report(settings: Settings, mode: str) -> list[str]:
+    """One line per LoRA that will not be used as configured (real models only: tiny mode
+    builds a tiny LoRA for every adapter)."""
+    if mode != "real":
+        return []
+    lines: list[str] = []
+    for name, source in sorted(configured_sources(FLUX1, settings.lora_sources()).items()):
+        if source is None:
+            lines.append(f"LoRA '{name}' is not configured: its tools run on the base model. Set {lora_setting(name)} "
+                         "to its hub repo id or .safetensors file.")
+        elif problem := source_problem(name, source):
+            lines.append(problem)
+    return lines
+
+
+def load_all(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
+    """Load every backend the tools need now, so the first task does not wait for it. One
+    that cannot load is reported here; its tasks fail with the same message (and retry the load)."""
+    for name in sorted({tool.backend for tool in tools}):
+        started = time.monotonic()
+        try:
+            backend = backends.get(name)
+        except BackendUnavailable as exc:
+            log.error("backend %s cannot be loaded: %s", name, exc)
+            continue
+        log.info("backend %s ready in %.1f s: %s", name, time.monotonic() - started, backend.description)
+
+
+def warm_up(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
+    """One short generation per tool at its default size, so the first user task is not the
+    one that pays for lazy initialisation, kernel selection or compilation."""
+    for tool in tools:
+        try:
+            backend = backends.get(tool.backend)
+        except BackendUnavailable:
+            continue  # already reported by load_all
+        request = tool.to_request(tool.validate({"prompt": "warm-up", "steps": WARMUP_STEPS, "samples": 1}))
+        started = time.monotonic()
+        try:
+            memory.generate(backend, request, RecordingJob())
+        except Exception as exc:  # a warm-up failure is news, not a reason to stop serving
+            log.error("warm-up of %s failed: %s: %s", tool.slug, type(exc).__name__, exc)
+            continue
+        log.info("warm-up of %s (%dx%d, %d steps): %.1f s", tool.slug, request.width, request.height,
+                 request.steps, time.monotonic() - started)

@@ -1,0 +1,81 @@
+"""What a worker says and does before it takes tasks: devices, LoRA configuration, warm-up."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fluxrun.backends.base import BackendOptions
+from fluxrun.backends.registry import BackendCache, resolve_models_mode
+from fluxrun.config import Settings
+from fluxrun.errors import EXIT_CONFIG, BackendUnavailable
+from fluxrun.tools.catalog import find_tool
+from fluxrun.worker.startup import load_all, lora_report, warm_up
+
+
+def test_devices_resolve_as_the_settings_say() -> None:
+    assert resolve_models_mode("auto", "auto") == ("tiny", "cpu")  # no GPU on this machine
+    assert resolve_models_mode("real", "cpu") == ("real", "cpu")
+    assert resolve_models_mode("tiny", "cpu") == ("tiny", "cpu")
+    with pytest.raises(BackendUnavailable, match=r"^FLUXRUN_DEVICE=cuda:1: torch .* sees no CUDA GPU .*nvidia-smi"):
+        resolve_models_mode("auto", "cuda:1")
+
+
+def test_an_unknown_device_is_refused_with_the_setting_named(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fluxrun", "worker", "--device", "gpu0", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "FLUXRUN_DEVICE: unknown device 'gpu0': use auto, cpu, cuda, cuda:N (a GPU index) or mps"
+    ]
+
+
+def test_a_device_that_is_not_there_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fluxrun", "worker", "--device", "cuda", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_CONFIG  # the supervisor does not restart it
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("fluxrun worker: FLUXRUN_DEVICE=cuda: torch") and "FLUXRUN_DEVICE=cpu" in line
+
+
+def test_real_mode_reports_each_lora_that_will_not_be_used_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLUXRUN_LORA_FLAT_PIXEL_ART", raising=False)
+    monkeypatch.setenv("FLUXRUN_LORA_REALISM", str(tmp_path / "realism.safetensors"))
+    settings = Settings(data_dir=tmp_path)
+    assert lora_report(settings, "real") == [
+        "LoRA 'flat-pixel-art' is not configured: its tools run on the base model. Set FLUXRUN_LORA_FLAT_PIXEL_ART "
+        "to its hub repo id or .safetensors file.",
+        f"FLUXRUN_LORA_REALISM={tmp_path / 'realism.safetensors'}: no such file or folder. Point it at the LoRA's "
+        ".safetensors file, a folder holding one, or a hub repo id (owner/name).",
+    ]
+    assert lora_report(settings, "tiny") == []  # tiny mode builds every LoRA itself
+
+
+def test_warm_up_runs_each_tool_once_and_loading_failures_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = BackendCache(BackendOptions(models="tiny", models_dir=tmp_path))
+    flux1 = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
+    calls: list[tuple[int, int, int]] = []
+    backend = cache.get("flux1")
+    original = backend.generate
+
+    def counting(request, job):
+        calls.append((request.width, request.steps, request.samples))
+        return original(request, job)
+
+    monkeypatch.setattr(backend, "generate", counting)
+    unknown = type(flux1)(**{**flux1.__dict__, "slugproject": "Nothing", "backend": "no-such-backend"})
+    with caplog.at_level(logging.INFO, logger="fluxrun.worker"):
+        load_all(cache, (flux1, unknown))
+        warm_up(cache, (flux1, unknown))
+    assert calls == [(1024, 2, 1)]  # the tool's default size, two steps, one image
+    messages = [r.getMessage() for r in caplog.records]
+    assert "backend no-such-backend cannot be loaded: No backend named 'no-such-backend' in this fluxrun version." in messages
+    assert any(m.startswith("warm-up of desertPixel/Flat-Pixel-Art-FLUX (1024x1024, 2 steps): ") for m in messages)
