@@ -163,6 +163,25 @@ def test_5xx_and_dropped_polls_are_retried(fake: FakePartner, tmp_path: Path) ->
     assert len(fake.tasks) == 1  # the failed submissions made no task at the partner
 
 
+def test_timeouts_are_retried(fake: FakePartner, tmp_path: Path) -> None:
+    class FirstCallTimesOut(httpx.BaseTransport):
+        """The real transport to the fake, but the first call times out (as a stalled partner's would)."""
+
+        def __init__(self) -> None:
+            self.real, self.timed_out = httpx.HTTPTransport(), 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if not self.timed_out:
+                self.timed_out += 1
+                raise httpx.ReadTimeout("timed out", request=request)
+            return self.real.handle_request(request)
+
+    transport = FirstCallTimesOut()
+    backend = PartnerBackend(_options(fake, tmp_path), transport=transport, retry_base_seconds=0.05)
+    [image] = backend.generate(_request(), RecordingJob())
+    assert transport.timed_out == 1 and len(fake.submissions()) == 1 and image.data == fake.served()[0]
+
+
 def test_402_is_not_retried(fake: FakePartner, tmp_path: Path) -> None:
     fake.script.submit_replies = [Reply(402, {"detail": "Insufficient credits"})]
     with pytest.raises(PartnerError) as failed:
