@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelsMode = Literal["auto", "tiny", "real"]
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps: where a worker runs its models")
     compile: bool = Field(False, description="torch.compile the transformer's repeated blocks; LoRAs then hotswap")
     warmup: bool = Field(False, description="a worker runs one small generation per tool before taking tasks")
+    # FLUX.2 [flex] relayed to Black Forest Labs' API (SPEC.md section 10) when a key is set.
+    bfl_api_key: SecretStr | None = Field(None, description="Black Forest Labs API key; never logged")
+    bfl_base_url: str = Field("https://api.bfl.ai", description="the partner API (or api.eu.bfl.ai, api.us.bfl.ai)")
+    bfl_deadline_seconds: float = Field(600.0, gt=0, description="longest a task's relay may take, retries included")
+    bfl_poll_seconds: float = Field(0.5, gt=0, description="time between two polls of a partner task")
+    bfl_request_timeout_seconds: float = Field(30.0, gt=0, description="longest one HTTP call to the partner may take")
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -57,6 +63,16 @@ class Settings(BaseSettings):
         if not _DEVICE.match(text):
             raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N (a GPU index) or mps")
         return text
+    @field_validator("bfl_api_key")
+    @classmethod
+    def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # FLUXRUN_BFL_API_KEY= (empty) means no relay, not a relay with an empty key.
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("bfl_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
     @property
     def effective_database_url(self) -> str:
@@ -106,6 +122,8 @@ class Settings(BaseSettings):
 
 
 def _env_text(value: Any) -> str:
+    if isinstance(value, SecretStr):  # str() of a SecretStr is its mask
+        return value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -16,9 +16,13 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     TaskStopped        raised from a backend's step callback when the task was killed
     LeaseLost          a worker's lease was taken over; it must not write its result
     IllegalTransition  a status change the state machine forbids
-    BackendUnavailable a backend cannot be loaded here (no weights, no token, offline)
-    TaskFailure        a task ends failed with this message as its debugerror
-    └── OutOfMemory    the GPU ran out of memory on this task; the worker freed it and goes on
+    TaskFailed         ends one task; its message is the task's debugerror, word for word
+    ├── BackendUnavailable  a backend cannot be loaded here (no weights, no token, offline)
+    ├── OutOfMemory         the GPU ran out of memory on this task; the worker freed it, goes on
+    └── PartnerError        the partner API (the model maker's) could not make the image:
+        │                   no credits, a request it rejected, an error on its side, no
+        │                   answer before the task's deadline
+        └── GenerationRefused  the partner's moderation refused the prompt or the image
 """
 
 from __future__ import annotations
@@ -82,13 +86,24 @@ class IllegalTransition(Exception):
     """The state machine forbids this status change."""
 
 
-class BackendUnavailable(Exception):
+class TaskFailed(Exception):
+    """This task cannot be done; the message says why (and what to do) to the task's owner.
+
+    The worker shows the message as it is, without the class name a stray exception gets.
+    """
+
+
+class BackendUnavailable(TaskFailed):
     """A backend cannot run here; the message says why and what to do."""
 
 
-class TaskFailure(Exception):
-    """The task ends failed (pexit 1) and its debugerror is exactly this message."""
+class PartnerError(TaskFailed):
+    """The partner API could not make this task's image; the message says what it answered."""
 
 
-class OutOfMemory(TaskFailure):
+class GenerationRefused(PartnerError):
+    """The partner's moderation refused the prompt (before) or the image (after generating)."""
+
+
+class OutOfMemory(TaskFailed):
     """The GPU ran out of memory on this task; the memory was released and the worker goes on."""

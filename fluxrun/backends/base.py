@@ -74,6 +74,12 @@ class BackendOptions:
     cpu_offload: bool = False
     compile: bool = False  # torch.compile the transformer's repeated blocks (LoRAs then hotswap)
     compile_backend: str = "inductor"  # torch.compile backend; tests use "eager" to count recompiles cheaply
+    # The partner relay (backends/partner.py): FLUX.2 [flex] at Black Forest Labs' API.
+    bfl_api_key: str | None = field(default=None, repr=False)  # a secret: kept out of every repr and log
+    bfl_base_url: str = "https://api.bfl.ai"
+    bfl_deadline_seconds: float = 600.0  # one task's relay, every image and retry included
+    bfl_poll_seconds: float = 0.5
+    bfl_request_timeout_seconds: float = 30.0
 
 
 class Backend(Protocol):

@@ -53,6 +53,10 @@ def load_backend(name: str, options: BackendOptions) -> Backend:
         from fluxrun.backends.flux1 import Flux1Backend
 
         return Flux1Backend(options)
+    if name == "flux2" and options.bfl_api_key:
+        from fluxrun.backends.partner import PartnerBackend
+
+        return PartnerBackend(options)
     if name == "flux2":
         raise BackendUnavailable(
             "The local FLUX.2 pipeline is not part of this fluxrun version yet, and no partner relay is "

@@ -17,7 +17,7 @@ import time
 from fluxrun.backends import memory
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable, LeaseLost, TaskFailure, TaskStopped
+from fluxrun.errors import LeaseLost, TaskFailed, TaskStopped
 from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
@@ -77,6 +77,9 @@ class Worker:
                 log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
             except LeaseLost:
                 log.warning("task %s: lease lost; another attempt owns the task now", task_id)
+            except TaskFailed as exc:  # an expected end (no credits, moderated...): no traceback
+                log.warning("task %s failed: %s", task_id, exc)
+                self._fail(lease, _describe(exc))
             except Exception as exc:  # every failure ends the task, never the worker
                 log.exception("task %s failed", task_id)
                 self._fail(lease, _describe(exc))
@@ -115,7 +118,9 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (BackendUnavailable, TaskFailure)):  # fluxrun's own words, for the user
+    # fluxrun's own task-ending errors are written for the task's owner; anything else is a
+    # bug or a library's error, where the class name is part of the story.
+    if isinstance(exc, TaskFailed):
         return str(exc)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -39,6 +39,11 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
         lora_sources=settings.lora_sources(),
         cpu_offload=settings.cpu_offload,
         compile=settings.compile,
+        bfl_api_key=settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else None,
+        bfl_base_url=settings.bfl_base_url,
+        bfl_deadline_seconds=settings.bfl_deadline_seconds,
+        bfl_poll_seconds=settings.bfl_poll_seconds,
+        bfl_request_timeout_seconds=settings.bfl_request_timeout_seconds,
     )
 
 

@@ -1,0 +1,1 @@
+"""Fakes of outside services, each a real server on loopback that follows SPEC.md."""
