@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
     cpu_offload: bool = False
+    safety_model: str | None = Field(
+        None, description="image-classification model (hub repo or local folder) that screens locally made images"
+    )
+    safety_unsafe_labels: str = Field(
+        "nsfw,porn,hentai,sexy,unsafe,explicit",
+        description="comma-separated labels of the safety model that count as unsafe (exact names, any case)",
+    )
+    safety_default_tolerance: int = Field(
+        2, ge=0, le=6, description="safetyTolerance for tools that have no such input (the pixel-art tool)"
+    )
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -72,6 +82,10 @@ class Settings(BaseSettings):
     @property
     def heartbeat_seconds(self) -> float:
         return self.lease_seconds / 3
+
+    @property
+    def unsafe_labels(self) -> tuple[str, ...]:
+        return tuple(label.strip() for label in self.safety_unsafe_labels.split(",") if label.strip())
 
     def lora_sources(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """Adapter name -> source, from FLUXRUN_LORA_<NAME> (FLAT_PIXEL_ART -> flat-pixel-art)."""

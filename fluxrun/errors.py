@@ -17,6 +17,8 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     LeaseLost          a worker's lease was taken over; it must not write its result
     IllegalTransition  a status change the state machine forbids
     BackendUnavailable a backend cannot be loaded here (no weights, no token, offline)
+    ImageWithheld      the safety classifier flagged a generated image: nothing is stored and
+                       the task fails with the message (which image, its score, the threshold)
 """
 
 from __future__ import annotations
@@ -78,3 +80,11 @@ class IllegalTransition(Exception):
 
 class BackendUnavailable(Exception):
     """A backend cannot run here; the message says why and what to do."""
+
+
+class ImageWithheld(Exception):
+    """A locally generated image was flagged by the safety classifier; the task's images are not stored.
+
+    The message is what the task's debugerror shows: which image, its score against the
+    threshold of the task's safetyTolerance, and what would let it through.
+    """

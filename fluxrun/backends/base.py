@@ -7,6 +7,11 @@ task), ``job.check()`` while it waits on something that has no steps (a remote A
 ``job.note(text)`` for a line the task's ``debugoutput`` should carry. ``step`` and
 ``check`` raise ``fluxrun.errors.TaskStopped`` once the task was killed; a backend must
 let that exception propagate untouched, so a kill stops the work within one step.
+
+Images a backend makes on this machine are screened by the worker's safety classifier
+(``FLUXRUN_SAFETY_MODEL``) before they are stored. A backend that relays to an API which
+moderates its own output (the partner API, given the task's safetyTolerance) sets the class
+attribute ``moderated_remotely = True`` to opt out; local backends leave it unset.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ class BackendOptions:
     flux1_base: str = "black-forest-labs/FLUX.1-dev"  # hub repo id or local folder
     lora_sources: dict[str, str] = field(default_factory=dict)  # adapter name -> hub repo or local path
     cpu_offload: bool = False
+
+
+def moderated_remotely(backend: object) -> bool:
+    """Whether this backend's images were moderated by the remote API that made them."""
+    return bool(getattr(backend, "moderated_remotely", False))
 
 
 class Backend(Protocol):

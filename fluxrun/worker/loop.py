@@ -3,7 +3,8 @@
 For each claimed task the worker walks the statuses of SPEC.md section 3 with their
 timestamps, keeps the lease alive by heartbeat, reports progress at each denoising step
 and stops at the next step when the task was killed (the progress write is fenced: it
-fails once the task is no longer this attempt's).
+fails once the task is no longer this attempt's). Images made here pass the safety
+classifier (worker/moderation.py) before anything is stored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable, LeaseLost, TaskStopped
+from fluxrun.errors import BackendUnavailable, ImageWithheld, LeaseLost, TaskStopped
 from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
@@ -24,6 +25,7 @@ from fluxrun.store.base import Lease, NewOutput, TaskStore
 from fluxrun.tools.catalog import tool_by_slug
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
+from fluxrun.worker.moderation import Moderation
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -46,6 +48,9 @@ class Worker:
         self.storage = storage
         self.backends = backends
         self.worker_id = worker_id or default_worker_id()
+        self.moderation = Moderation(
+            settings.safety_model, backends.options.device, settings.unsafe_labels, settings.safety_default_tolerance
+        )
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
@@ -76,6 +81,9 @@ class Worker:
                 log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
             except LeaseLost:
                 log.warning("task %s: lease lost; another attempt owns the task now", task_id)
+            except ImageWithheld as exc:  # moderation did its job: no traceback
+                log.info("task %s: %s", task_id, exc)
+                self._fail(lease, _describe(exc))
             except Exception as exc:  # every failure ends the task, never the worker
                 log.exception("task %s failed", task_id)
                 self._fail(lease, _describe(exc))
@@ -87,6 +95,7 @@ class Worker:
         store.advance(lease, Status.PREPROCESS_START, now())
         request = tool.to_request(lease.task.parameters)
         backend = self.backends.get(request.backend)
+        self.moderation.ready(backend)
         store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
         store.advance(lease, Status.START, now())
 
@@ -94,7 +103,12 @@ class Worker:
         started = time.monotonic()
         images = backend.generate(request, job)
         elapsed = time.monotonic() - started
+        review = self.moderation.review(backend, request, images)
+        if review.note:
+            job.note(review.note)
         store.advance(lease, Status.END, now(), note=job.notes_text())
+        if review.withheld is not None:
+            raise review.withheld  # the task fails with the moderation message; none of its images is stored
 
         outputs: list[NewOutput] = []
         for index, image in enumerate(images):
@@ -114,7 +128,7 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, (BackendUnavailable, ImageWithheld)):  # messages written for the user: as they are
         return str(exc)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
