@@ -56,6 +56,11 @@ class Settings(BaseSettings):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value or None
 
+    @field_validator("safety_model")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None  # FLUXRUN_SAFETY_MODEL= (empty) means no classifier, as unset does
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fluxrun.db').resolve()}"

@@ -15,14 +15,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fluxrun.backends.base import Backend, moderated_remotely
+from fluxrun.backends.safety import SafetyChecker, Verdict
 from fluxrun.errors import ImageWithheld
 from fluxrun.imaging.encode import EncodedImage
 from fluxrun.tools.request import GenerationRequest
 
 if TYPE_CHECKING:
     from PIL.Image import Image
-
-    from fluxrun.backends.safety import SafetyChecker, Verdict
 
 UNMODERATED_NOTE = "local generation is unmoderated (no FLUXRUN_SAFETY_MODEL)"
 TOLERANCE_INPUT = "safetyTolerance"
@@ -51,9 +50,8 @@ class Moderation:
     def checker(self) -> SafetyChecker:
         """The resident classifier; raises BackendUnavailable (and is retried next time) if it cannot load."""
         if self._checker is None:
-            from fluxrun.backends.safety import SafetyChecker
-
-            assert self.model is not None, "no FLUXRUN_SAFETY_MODEL configured"
+            if self.model is None:
+                raise RuntimeError("no FLUXRUN_SAFETY_MODEL is configured: check .configured first")
             self._checker = SafetyChecker(self.model, self.device, self.unsafe_labels)
         return self._checker
 

@@ -61,6 +61,15 @@ def test_each_tolerance_step_lets_more_through() -> None:
             threshold_for(wrong)  # type: ignore[arg-type]
 
 
+def test_the_settings_read_as_the_readme_says() -> None:
+    assert Settings().safety_model is None and Settings(safety_model="").safety_model is None
+    assert Settings().unsafe_labels == ("nsfw", "porn", "hentai", "sexy", "unsafe", "explicit")
+    assert Settings(safety_unsafe_labels=" NSFW , porn,,").unsafe_labels == ("NSFW", "porn")
+    assert Settings().safety_default_tolerance == 2
+    with pytest.raises(ValueError, match="less than or equal to 6"):
+        Settings(safety_default_tolerance=7)
+
+
 # -- the checker ----------------------------------------------------------------------------
 
 def test_the_checker_flags_the_certain_and_passes_the_impossible(models: Path) -> None:
