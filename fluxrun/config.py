@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     bfl_deadline_seconds: float = Field(600.0, gt=0, description="longest a task's relay may take, retries included")
     bfl_poll_seconds: float = Field(0.5, gt=0, description="time between two polls of a partner task")
     bfl_request_timeout_seconds: float = Field(30.0, gt=0, description="longest one HTTP call to the partner may take")
+    safety_model: str | None = Field(
+        None, description="image-classification model (hub repo or local folder) that screens locally made images"
+    )
+    safety_unsafe_labels: str = Field(
+        "nsfw,porn,hentai,sexy,unsafe,explicit",
+        description="comma-separated labels of the safety model that count as unsafe (exact names, any case)",
+    )
+    safety_default_tolerance: int = Field(
+        2, ge=0, le=6, description="safetyTolerance for tools that have no such input (the pixel-art tool)"
+    )
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -73,6 +83,10 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+    @field_validator("safety_model")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None  # FLUXRUN_SAFETY_MODEL= (empty) means no classifier, as unset does
 
     @property
     def effective_database_url(self) -> str:
@@ -100,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def heartbeat_seconds(self) -> float:
         return self.lease_seconds / 3
+
+    @property
+    def unsafe_labels(self) -> tuple[str, ...]:
+        return tuple(label.strip() for label in self.safety_unsafe_labels.split(",") if label.strip())
 
     def lora_sources(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """Adapter name -> source, from FLUXRUN_LORA_<NAME> (FLAT_PIXEL_ART -> flat-pixel-art)."""

@@ -19,6 +19,8 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     TaskFailed         ends one task; its message is the task's debugerror, word for word
     ├── BackendUnavailable  a backend cannot be loaded here (no weights, no token, offline)
     ├── OutOfMemory         the GPU ran out of memory on this task; the worker freed it, goes on
+    ├── ImageWithheld       the safety classifier flagged a generated image: nothing is stored,
+    │                       the message says which image, its score and the threshold
     └── PartnerError        the partner API (the model maker's) could not make the image:
         │                   no credits, a request it rejected, an error on its side, no
         │                   answer before the task's deadline
@@ -107,3 +109,11 @@ class GenerationRefused(PartnerError):
 
 class OutOfMemory(TaskFailed):
     """The GPU ran out of memory on this task; the memory was released and the worker goes on."""
+
+
+class ImageWithheld(TaskFailed):
+    """A locally generated image was flagged by the safety classifier; the task's images are not stored.
+
+    The message is what the task's debugerror shows: which image, its score against the
+    threshold of the task's safetyTolerance, and what would let it through.
+    """

@@ -7,6 +7,11 @@ task), ``job.check()`` while it waits on something that has no steps (a remote A
 ``job.note(text)`` for a line the task's ``debugoutput`` should carry. ``step`` and
 ``check`` raise ``fluxrun.errors.TaskStopped`` once the task was killed; a backend must
 let that exception propagate untouched, so a kill stops the work within one step.
+
+Images a backend makes on this machine are screened by the worker's safety classifier
+(``FLUXRUN_SAFETY_MODEL``) before they are stored. A backend that relays to an API which
+moderates its own output (the partner API, given the task's safetyTolerance) sets the class
+attribute ``moderated_remotely = True`` to opt out; local backends leave it unset.
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class BackendOptions:
     bfl_deadline_seconds: float = 600.0  # one task's relay, every image and retry included
     bfl_poll_seconds: float = 0.5
     bfl_request_timeout_seconds: float = 30.0
+
+
+def moderated_remotely(backend: object) -> bool:
+    """Whether this backend's images were moderated by the remote API that made them."""
+    return bool(getattr(backend, "moderated_remotely", False))
 
 
 class Backend(Protocol):

@@ -57,6 +57,10 @@ _FAILED = {
 
 
 class PartnerBackend:
+    # The partner screens prompts and images itself at the task's safetyTolerance: the local
+    # safety classifier leaves its images alone.
+    moderated_remotely = True
+
     def __init__(
         self,
         options: BackendOptions,

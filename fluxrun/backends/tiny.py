@@ -7,6 +7,11 @@ is 4096 image tokens, as on the real model, and runs in seconds on a CPU). They 
 with ``save_pretrained`` and loaded through ``from_pretrained``, the same path as real
 weights. Builds are deterministic and atomic (temp folder, then rename), so worker
 processes starting together never see half a model.
+
+The tiny safety classifier is a 2-layer ViT image classifier (labels normal / nsfw) with its
+image processor, loaded by the same ``AutoModelForImageClassification`` path as a real one.
+Its weights are random, so its verdict is steered by the bias of its last layer: the "nsfw"
+logit is raised by ``nsfw_logit`` (0: about 0.57, +20: near certain, -20: near impossible).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Callable
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 # Bump when the tiny architecture changes, so old folders are not reused.
 FLUX1_VERSION = "tiny-flux1-v1"
+SAFETY_VERSION = "tiny-safety-v1"
 
 
 def ensure_tiny_flux1(models_dir: Path) -> Path:
@@ -33,6 +39,11 @@ def ensure_tiny_lora(models_dir: Path, name: str) -> Path:
     """The folder of a tiny LoRA for the tiny FLUX.1 transformer (seeded by its name)."""
     base = ensure_tiny_flux1(models_dir)
     return _ensure(models_dir / f"{FLUX1_VERSION}-lora-{name}", lambda out: _build_lora(base, name, out))
+
+
+def ensure_tiny_safety_classifier(models_dir: Path, nsfw_logit: float = 0.0) -> Path:
+    """The folder of a tiny image classifier (labels normal, nsfw) whose nsfw logit is raised by ``nsfw_logit``."""
+    return _ensure(models_dir / f"{SAFETY_VERSION}-nsfw{nsfw_logit:+g}", lambda out: _build_safety(out, nsfw_logit))
 
 
 def _ensure(target: Path, build: Callable[[Path], None]) -> Path:
@@ -128,3 +139,22 @@ def _build_lora(base: Path, name: str, out: Path) -> None:
         LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
     )
     FluxPipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer))
+
+
+def _build_safety(out: Path, nsfw_logit: float) -> None:
+    import torch
+    import transformers
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    labels = {0: "normal", 1: "nsfw"}  # Falconsai/nsfw_image_detection's labels
+    model = ViTForImageClassification(ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, id2label=labels, label2id={name: i for i, name in labels.items()},
+    ))
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, nsfw_logit]))
+    model.save_pretrained(out)
+    # Without torchvision, transformers 5 builds the PIL processor anyway (and warns about it).
+    processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    processor_class(size={"height": 32, "width": 32}).save_pretrained(out)

@@ -3,7 +3,8 @@
 For each claimed task the worker walks the statuses of SPEC.md section 3 with their
 timestamps, keeps the lease alive by heartbeat, reports progress at each denoising step
 and stops at the next step when the task was killed (the progress write is fenced: it
-fails once the task is no longer this attempt's).
+fails once the task is no longer this attempt's). Images made here pass the safety
+classifier (worker/moderation.py) before anything is stored.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fluxrun.store.base import Lease, NewOutput, TaskStore
 from fluxrun.tools.catalog import tool_by_slug
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
+from fluxrun.worker.moderation import Moderation
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -47,6 +49,9 @@ class Worker:
         self.storage = storage
         self.backends = backends
         self.worker_id = worker_id or default_worker_id()
+        self.moderation = Moderation(
+            settings.safety_model, backends.options.device, settings.unsafe_labels, settings.safety_default_tolerance
+        )
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
@@ -91,6 +96,7 @@ class Worker:
         store.advance(lease, Status.PREPROCESS_START, now())
         request = tool.to_request(lease.task.parameters)
         backend = self.backends.get(request.backend)
+        self.moderation.ready(backend)
         store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
         store.advance(lease, Status.START, now())
 
@@ -98,7 +104,12 @@ class Worker:
         started = time.monotonic()
         images = memory.generate(backend, request, job)
         elapsed = time.monotonic() - started
+        review = self.moderation.review(backend, request, images)
+        if review.note:
+            job.note(review.note)
         store.advance(lease, Status.END, now(), note=job.notes_text())
+        if review.withheld is not None:
+            raise review.withheld  # the task fails with the moderation message; none of its images is stored
 
         outputs: list[NewOutput] = []
         for index, image in enumerate(images):

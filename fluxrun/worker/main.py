@@ -17,6 +17,7 @@ from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
 from fluxrun.worker.loop import Worker
 from fluxrun.worker.startup import load_all, lora_report, warm_up
+from fluxrun.worker.moderation import Moderation
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -28,6 +29,13 @@ TINY_BANNER = """
 *  weights to serve the real models.
 ************************************************************************************
 """
+
+
+UNMODERATED_LINE = (
+    "fluxrun worker: local generation is UNMODERATED (no FLUXRUN_SAFETY_MODEL): images made here are stored "
+    "without a safety check. Set FLUXRUN_SAFETY_MODEL to an image classifier "
+    "(e.g. Falconsai/nsfw_image_detection) to screen them."
+)
 
 
 def backend_options(settings: Settings, mode: str, device: str) -> BackendOptions:
@@ -68,6 +76,9 @@ def run_worker(settings: Settings) -> None:
     if settings.warmup:
         warm_up(backends, TOOLS)
 
+    worker = Worker(settings, store, storage, backends)
+    load_moderation(worker.moderation)
+
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
@@ -76,7 +87,19 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = Worker(settings, store, storage, backends)
     log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
     worker.run_forever(stop)
     store.close()
+
+
+def load_moderation(moderation: Moderation) -> None:
+    """Load the safety classifier now (not on the first task), or say that there is none."""
+    if not moderation.configured:
+        print(UNMODERATED_LINE, file=sys.stderr, flush=True)
+        return
+    try:
+        checker = moderation.checker()
+    except BackendUnavailable as exc:  # every locally generated task fails with this message until it loads
+        log.warning("safety classifier unavailable: %s Local tasks fail until it loads.", exc)
+        return
+    log.info("%s; default safetyTolerance %d", checker.description, moderation.default_tolerance)
