@@ -17,6 +17,7 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     LeaseLost          a worker's lease was taken over; it must not write its result
     IllegalTransition  a status change the state machine forbids
     BackendUnavailable a backend cannot be loaded here (no weights, no token, offline)
+    CallbackRefused    a callback URL the SSRF guard will not call (fluxrun.netguard)
 """
 
 from __future__ import annotations
@@ -78,3 +79,8 @@ class IllegalTransition(Exception):
 
 class BackendUnavailable(Exception):
     """A backend cannot run here; the message says why and what to do."""
+
+
+class CallbackRefused(Exception):
+    """A callback URL points where fluxrun will not send requests (loopback, private,
+    link-local, metadata... or not http(s)); the message names the address and the rule."""

@@ -15,7 +15,8 @@ from fluxrun.errors import BackendUnavailable
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
-from fluxrun.worker.loop import Worker
+from fluxrun.worker.callbacks import Deliverer
+from fluxrun.worker.loop import Worker, default_worker_id
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -50,6 +51,10 @@ def run_worker(settings: Settings) -> None:
 
     store = open_store(settings.effective_database_url)
     storage = LocalStorage(settings.outputs_dir)
+    worker_id = default_worker_id()
+    # Callbacks go out while the models load, too: they need no model.
+    deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
+    deliverer.start()
     backends = BackendCache(backend_options(settings, mode, device))
     # Load every pipeline now, so the first user task is not the one that waits for it.
     for name in sorted({tool.backend for tool in TOOLS}):
@@ -66,7 +71,10 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = Worker(settings, store, storage, backends)
+    worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
     log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
-    worker.run_forever(stop)
-    store.close()
+    try:
+        worker.run_forever(stop)
+    finally:
+        deliverer.stop()
+        store.close()
