@@ -38,6 +38,7 @@ def _settings(**flags: Any) -> Any:
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; callbacks log their own outcome
 
 
 def _open_store(settings: Any, migrate: bool = False) -> Any:

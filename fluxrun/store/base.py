@@ -254,5 +254,5 @@ class TaskStore(ABC):
         """End a delivery as delivered, failed or gone; False as for ``retry_delivery``."""
 
     @abstractmethod
-    def deliveries(self, task_id: int) -> list[Delivery]:
+    def list_deliveries(self, task_id: int) -> list[Delivery]:
         """A task's deliveries (zero or one today), for operators and tests."""

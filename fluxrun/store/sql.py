@@ -417,7 +417,7 @@ class SqlTaskStore(TaskStore):
             values["delivered_at"] = now
         return self._fenced_delivery_update(delivery, values)
 
-    def deliveries(self, task_id: int) -> list[Delivery]:
+    def list_deliveries(self, task_id: int) -> list[Delivery]:
         with self._read() as conn:
             rows = conn.execute(select(deliveries).where(deliveries.c.task_id == task_id).order_by(deliveries.c.id))
             return [_delivery(r) for r in rows]

@@ -74,6 +74,7 @@ class Deliverer:
         if self._thread.is_alive():
             self._thread.join(timeout=self.settings.callback_claim_seconds)
         self.sender.close()
+        log.info("callback deliverer stopped%s", " (a try was still in flight)" if self._thread.is_alive() else "")
 
     def _loop(self) -> None:
         while not self._stop.is_set():

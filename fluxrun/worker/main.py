@@ -52,28 +52,33 @@ def run_worker(settings: Settings) -> None:
     store = open_store(settings.effective_database_url)
     storage = LocalStorage(settings.outputs_dir)
     worker_id = default_worker_id()
-    # Callbacks go out while the models load, too: they need no model.
-    deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
-    deliverer.start()
-    backends = BackendCache(backend_options(settings, mode, device))
-    # Load every pipeline now, so the first user task is not the one that waits for it.
-    for name in sorted({tool.backend for tool in TOOLS}):
-        try:
-            backends.get(name)
-        except BackendUnavailable as exc:
-            log.warning("backend %s unavailable: %s", name, exc)
-
     stop = threading.Event()
+    loading = threading.Event()
+    loading.set()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
-        log.info("signal %d: finishing the current task, then stopping", signum)
         stop.set()
+        if loading.is_set():  # no task in hand yet: leave now, through the finally below
+            log.info("signal %d while loading models: stopping", signum)
+            raise SystemExit(0)
+        log.info("signal %d: finishing the current task, then stopping", signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
-    log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
+    # Callbacks go out while the models load, too: they need no model.
+    deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
+    deliverer.start()
     try:
+        backends = BackendCache(backend_options(settings, mode, device))
+        # Load every pipeline now, so the first user task is not the one that waits for it.
+        for name in sorted({tool.backend for tool in TOOLS}):
+            try:
+                backends.get(name)
+            except BackendUnavailable as exc:
+                log.warning("backend %s unavailable: %s", name, exc)
+        loading.clear()
+        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
+        log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
         worker.run_forever(stop)
     finally:
         deliverer.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -50,7 +51,9 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 class WebhookSender:
     """POSTs callbacks; one instance per deliverer thread."""
 
-    def __init__(self, allow: Allowlist, timeout: float, resolver: Resolver = resolve) -> None:
+    def __init__(
+        self, allow: Allowlist, timeout: float, resolver: Resolver = resolve, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.allow = allow
         self.resolver = resolver
         # No redirects (a 3xx is a failed try: following one would leave the checked address);
@@ -58,6 +61,7 @@ class WebhookSender:
         # no kept-alive connections (a pooled connection would skip the check).
         self._client = httpx.Client(
             timeout=timeout,
+            verify=verify,
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),

@@ -66,11 +66,11 @@ ENDINGS: list[Callable[[TaskStore, Project, TaskRecord], None]] = [_succeed, _fa
 @pytest.mark.parametrize("end", ENDINGS, ids=lambda f: f.__name__.strip("_"))
 def test_each_way_a_task_ends_owes_one_callback(store: TaskStore, project: Project, end) -> None:
     task = _task(store, project)
-    assert store.deliveries(task.id) == []
+    assert store.list_deliveries(task.id) == []
     end(store, project, task)
     ended = store.get_task(project.id, task_id=task.id)
     assert ended.status in (Status.POSTPROCESS_END, Status.CANCEL)
-    [owed] = store.deliveries(task.id)
+    [owed] = store.list_deliveries(task.id)
     assert owed.state == "pending" and owed.attempt == 0 and owed.url == HOOK
     assert owed.task_id == task.id and owed.project_id == project.id
     assert owed.webhook_id.startswith("msg_") and len(owed.webhook_id) > 20
@@ -83,7 +83,7 @@ def test_each_way_a_task_ends_owes_one_callback(store: TaskStore, project: Proje
 def test_a_task_without_a_callback_owes_nothing(store: TaskStore, project: Project, end) -> None:
     task = _task(store, project, callback_url="")
     end(store, project, task)
-    assert store.deliveries(task.id) == []
+    assert store.list_deliveries(task.id) == []
     assert store.claim_deliveries("d", 30, time.time() + 10) == []
 
 
@@ -92,14 +92,14 @@ def test_a_requeued_task_or_a_fenced_out_worker_owes_nothing_more(store: TaskSto
     now = time.time()
     first = store.claim("w1", 1, now)
     [expired] = store.expire_leases(now + 5, max_attempts=3)
-    assert expired.requeued and store.deliveries(task.id) == []  # not ended: nothing owed yet
+    assert expired.requeued and store.list_deliveries(task.id) == []  # not ended: nothing owed yet
     second = store.claim("w2", 30, now + 6)
     assert store.kill(project.id, task.id, now + 7)
     with pytest.raises(LeaseLost):
         store.finish_success(second, [], 1.0, now + 8)
     with pytest.raises(LeaseLost):
         store.finish_failure(first, "late", now + 8)
-    assert len(store.deliveries(task.id)) == 1
+    assert len(store.list_deliveries(task.id)) == 1
 
 
 def test_a_delivery_is_claimed_for_one_try_at_a_time(store: TaskStore, project: Project) -> None:
@@ -111,7 +111,7 @@ def test_a_delivery_is_claimed_for_one_try_at_a_time(store: TaskStore, project: 
     assert store.claim_deliveries("d2", 30, now) == []  # claimed
 
     assert store.retry_delivery(first, now + 10, 500, "HTTP 500")
-    [waiting] = store.deliveries(task.id)
+    [waiting] = store.list_deliveries(task.id)
     assert waiting.state == "pending" and waiting.last_status == 500 and waiting.last_error == "HTTP 500"
     assert waiting.claimed_until is None and waiting.next_attempt_at == pytest.approx(now + 10)
     assert store.claim_deliveries("d2", 30, now + 5) == []  # not due yet
@@ -119,7 +119,7 @@ def test_a_delivery_is_claimed_for_one_try_at_a_time(store: TaskStore, project: 
     [second] = store.claim_deliveries("d2", 30, now + 11)
     assert second.attempt == 2 and second.webhook_id == first.webhook_id
     assert store.end_delivery(second, "delivered", now + 12, 204)
-    [done] = store.deliveries(task.id)
+    [done] = store.list_deliveries(task.id)
     assert done.state == "delivered" and done.delivered_at == pytest.approx(now + 12) and done.last_status == 204
     assert store.claim_deliveries("d3", 30, now + 1000) == []
     assert not store.end_delivery(second, "failed", now + 13)  # ended: nothing more to write
@@ -137,7 +137,7 @@ def test_a_claim_whose_deliverer_died_becomes_due_again(store: TaskStore, projec
     assert not store.end_delivery(lost, "delivered", now + 7, 200)
     assert not store.retry_delivery(lost, now + 8, 500, "HTTP 500")
     assert store.end_delivery(again, "gone", now + 7, 410, "410 Gone")
-    [ended] = store.deliveries(task.id)
+    [ended] = store.list_deliveries(task.id)
     assert ended.state == "gone" and ended.attempt == 2 and ended.delivered_at is None
 
 
