@@ -147,7 +147,7 @@ def _announce(settings: Any, store: Any, with_workers: bool) -> None:
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Project name")],
     mode: Annotated[str, typer.Option("--mode", help="signature | apikey")] = "signature",
-    as_json: Annotated[bool, typer.Option("--json", help="Print {api_key, api_secret, webhook_secret} as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key and secrets as JSON")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:

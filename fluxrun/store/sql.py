@@ -6,7 +6,6 @@ transaction begins (sqlite.py: BEGIN IMMEDIATE; postgres.py: row locks with SKIP
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import string
@@ -20,15 +19,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Float, Integer, String, and_, func, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.engine import Row
 
 from fluxrun.errors import IllegalTransition, LeaseLost
 from fluxrun.status import RUNNING, TERMINAL, Status, is_legal
 from fluxrun.store.base import (
     AuthMode,
-    Delivery,
-    DeliveryState,
     ExpiredLease,
     Lease,
     NewOutput,
@@ -37,7 +34,8 @@ from fluxrun.store.base import (
     TaskRecord,
     TaskStore,
 )
-from fluxrun.store.schema import deliveries, nonces, outputs, projects, tasks
+from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
+from fluxrun.store.schema import nonces, outputs, projects, tasks
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 # The time column each status sets when a task reaches it.
@@ -62,17 +60,12 @@ def new_token(length: int = 30) -> str:
     return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(length))
 
 
-def new_webhook_secret() -> str:
-    """The Standard Webhooks secret format: "whsec_" + base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-
-
 def _sources(new: Status) -> list[str]:
     """The statuses from which ``new`` may be reached."""
     return [s.value for s in Status if is_legal(s, new)]
 
 
-class SqlTaskStore(TaskStore):
+class SqlTaskStore(DeliveryQueries, TaskStore):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -220,7 +213,7 @@ class SqlTaskStore(TaskStore):
             )
             if result.rowcount != 1:
                 return None
-            _queue_callback(conn, task_id, now)
+            queue_callback(conn, task_id, now)
             return self._task(conn, task_id)
 
     def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
@@ -241,7 +234,7 @@ class SqlTaskStore(TaskStore):
             )
             if result.rowcount != 1:
                 return None
-            _queue_callback(conn, task_id, now)
+            queue_callback(conn, task_id, now)
             return self._task(conn, task_id)
 
     def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
@@ -269,7 +262,7 @@ class SqlTaskStore(TaskStore):
                         )
                     )
                     if failed.rowcount == 1:
-                        _queue_callback(conn, row.id, now)
+                        queue_callback(conn, row.id, now)
                     expired.append(ExpiredLease(row.id, row.attempt, requeued=False))
                     continue
                 conn.execute(
@@ -350,7 +343,7 @@ class SqlTaskStore(TaskStore):
         }
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
-            _queue_callback(conn, lease.task_id, now)
+            queue_callback(conn, lease.task_id, now)
             # A earlier attempt may have recorded some files before it died: replace them.
             conn.execute(outputs.delete().where(outputs.c.task_id == lease.task_id))
             for item in outputs_:
@@ -370,69 +363,7 @@ class SqlTaskStore(TaskStore):
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
         with self._write() as conn:
             self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
-            _queue_callback(conn, lease.task_id, now)
-
-    # -- callbacks ------------------------------------------------------------------------
-    def claim_deliveries(self, deliverer_id: str, claim_seconds: float, now: float, limit: int = 1) -> list[Delivery]:
-        due = and_(
-            deliveries.c.state == "pending",
-            deliveries.c.next_attempt_at <= now,
-            or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
-        )
-        query = (
-            select(deliveries.c.id)
-            .where(due)
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        with self._write() as conn:
-            ids = list(conn.execute(query).scalars())
-            if not ids:
-                return []
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(ids), due)
-                .values(
-                    attempts=deliveries.c.attempts + 1,
-                    claimed_by=deliverer_id,
-                    claimed_until=now + claim_seconds,
-                    last_attempt_at=now,
-                )
-            )
-            rows = conn.execute(
-                select(deliveries).where(deliveries.c.id.in_(ids), deliveries.c.claimed_by == deliverer_id)
-            ).all()
-        return sorted((_delivery(r) for r in rows), key=lambda d: (d.next_attempt_at, d.id))
-
-    def retry_delivery(self, delivery: Delivery, next_attempt_at: float, status: int | None, error: str) -> bool:
-        values = {"next_attempt_at": next_attempt_at, "last_status": status, "last_error": error}
-        return self._fenced_delivery_update(delivery, values)
-
-    def end_delivery(
-        self, delivery: Delivery, state: DeliveryState, now: float, status: int | None = None, error: str = ""
-    ) -> bool:
-        values: dict[str, Any] = {"state": state, "last_status": status, "last_error": error}
-        if state == "delivered":
-            values["delivered_at"] = now
-        return self._fenced_delivery_update(delivery, values)
-
-    def list_deliveries(self, task_id: int) -> list[Delivery]:
-        with self._read() as conn:
-            rows = conn.execute(select(deliveries).where(deliveries.c.task_id == task_id).order_by(deliveries.c.id))
-            return [_delivery(r) for r in rows]
-
-    def _fenced_delivery_update(self, delivery: Delivery, values: dict[str, Any]) -> bool:
-        """Write a try's result only while that try still holds the delivery."""
-        held = and_(
-            deliveries.c.id == delivery.id,
-            deliveries.c.attempts == delivery.attempt,
-            deliveries.c.state == "pending",
-            deliveries.c.claimed_by == delivery.claimed_by,
-        )
-        with self._write() as conn:
-            result = conn.execute(update(deliveries).where(held).values(claimed_until=None, **values))
-        return result.rowcount == 1
+            queue_callback(conn, lease.task_id, now)
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(
@@ -464,24 +395,6 @@ class SqlTaskStore(TaskStore):
         return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
 
 
-def _queue_callback(conn: Connection, task_id: int, now: float) -> None:
-    """In the transaction that ends a task: owe its callback, if it has a URL."""
-    owed = select(
-        literal("msg_" + new_token(27), String),
-        tasks.c.id,
-        tasks.c.project_id,
-        tasks.c.callback_url,
-        literal("pending", String),
-        literal(0, Integer),
-        literal(now, Float),
-        literal("", String),
-        literal(now, Float),
-    ).where(tasks.c.id == task_id, tasks.c.callback_url != "")
-    columns = ["webhook_id", "task_id", "project_id", "url", "state", "attempts", "next_attempt_at", "last_error",
-               "created_at"]
-    conn.execute(insert(deliveries).from_select(columns, owed))
-
-
 def _failed(now: float, error: str, pexit: int) -> dict[str, Any]:
     """The columns of a task that ended failed (SPEC.md: task_postprocess_end, pexit != 0)."""
     return {
@@ -510,11 +423,6 @@ def _project(row: Row[Any]) -> Project:
         webhook_secret=row.webhook_secret,
     )
 
-
-def _delivery(row: Row[Any]) -> Delivery:
-    data = dict(row._mapping)
-    data["attempt"] = data.pop("attempts")
-    return Delivery(**data)
 
 
 def _task_record(row: Row[Any], outputs_: list[OutputRecord]) -> TaskRecord:

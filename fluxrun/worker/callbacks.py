@@ -137,8 +137,8 @@ class Deliverer:
         if delivery.attempt >= settings.callback_max_attempts:
             self._end(delivery, "failed", status, f"gave up after {delivery.attempt} tries; last: {error}")
         elif at > delivery.created_at + settings.callback_max_age_seconds:
-            self._end(delivery, "failed", status,
-                      f"gave up after {settings.callback_max_age_seconds:g} s ({delivery.attempt} tries); last: {error}")
+            age = f"{settings.callback_max_age_seconds:g} s"
+            self._end(delivery, "failed", status, f"gave up after {age} ({delivery.attempt} tries); last: {error}")
         elif self.store.retry_delivery(delivery, at, status, error):
             log.warning("callback %s (task %s) try %d failed: %s; next try in %.1f s",
                         delivery.webhook_id, delivery.task_id, delivery.attempt, error, at - now)

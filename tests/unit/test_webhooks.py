@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from fluxrun.store.sql import new_webhook_secret
+from fluxrun.store.deliveries import new_webhook_secret
 from fluxrun.worker.callbacks import retry_delay
 from fluxrun.worker.webhooks import signature_headers
 
