@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 app = typer.Typer(help="fluxrun: a self-hosted text-to-image task service.", no_args_is_help=True)
@@ -47,6 +48,7 @@ def _settings(**flags: Any) -> Any:
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; callbacks log their own outcome
 
 
 def _open_store(settings: Any, migrate: bool = False) -> Any:
@@ -140,11 +142,15 @@ def _announce(settings: Any, store: Any, with_workers: bool) -> None:
         console.print("[bold green]Created the first project.[/bold green] Its credentials:")
         console.print(f"  API key:    {first.project.api_key}")
         console.print(f"  API secret: {first.project.api_secret}")
+        console.print(f"  Webhook secret: {first.project.webhook_secret}  (verifies callbacks)", soft_wrap=True)
         console.print(f"  (also in {first.path}, mode 0600)")
     elif settings.credentials_path.exists():
         console.print(f"credentials of the first project: {settings.credentials_path}")
     if with_workers:
         console.print(f"{settings.workers} worker process(es), models: {settings.models}")
+        if settings.workers == 0:
+            console.print("[bold yellow]No worker here: tasks wait for a `fluxrun worker` elsewhere, and so do "
+                          "callbacks (workers deliver them).[/bold yellow]")
         if settings.models != "real":
             console.print("[bold yellow]Without a CUDA GPU the workers serve TINY random-weight models "
                           "(images are noise); each worker says which at start.[/bold yellow]")
@@ -154,23 +160,25 @@ def _announce(settings: Any, store: Any, with_workers: bool) -> None:
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Project name")],
     mode: Annotated[str, typer.Option("--mode", help="signature | apikey")] = "signature",
-    as_json: Annotated[bool, typer.Option("--json", help="Print {api_key, api_secret} as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key and secrets as JSON")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Create a project with a new key (and secret, in signature mode)."""
+    """Create a project with a new key (and secret, in signature mode) and its webhook secret."""
     if mode not in ("signature", "apikey"):
         console.print("[red]--mode must be signature or apikey[/red]")
         raise typer.Exit(2)
     store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
     project = store.create_project(name, mode)
     if as_json:
-        print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret}))
+        print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret,
+                          "webhook_secret": project.webhook_secret}))
     else:
         console.print(f"project {project.name!r} ({project.mode})")
-        console.print(f"  API key:    {project.api_key}")
+        console.print(f"  API key:        {project.api_key}")
         if project.api_secret:
-            console.print(f"  API secret: {project.api_secret}")
+            console.print(f"  API secret:     {project.api_secret}")
+        console.print(f"  Webhook secret: {project.webhook_secret}", soft_wrap=True)
 
 
 @keys_app.command("list")
@@ -179,17 +187,20 @@ def keys_list(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Every project's key (secrets are not shown)."""
+    """Every project's key and webhook secret (API secrets are not shown: only clients need them,
+    while whoever runs a callback receiver needs the webhook secret)."""
     store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
     projects = store.list_projects()
     if as_json:
         print(json.dumps([{"id": p.id, "name": p.name, "mode": p.mode, "api_key": p.api_key,
-                           "active": p.active} for p in projects]))
+                           "webhook_secret": p.webhook_secret, "active": p.active} for p in projects]))
         return
-    table = Table("id", "name", "mode", "api key", "state")
+    table = Table("id", "name", "mode", "api key", "webhook secret", "state")
     for p in projects:
-        table.add_row(str(p.id), p.name, p.mode, p.api_key, "active" if p.active else "revoked")
-    Console().print(table)
+        table.add_row(str(p.id), p.name, p.mode, p.api_key, p.webhook_secret, "active" if p.active else "revoked")
+    # Keys are copied from here: as wide as the table needs, never shortened to fit a terminal.
+    wide = Console(width=10_000)
+    Console(width=Measurement.get(wide, wide.options, table).maximum).print(table)
 
 
 @keys_app.command("revoke")

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fluxrun.netguard import Allowlist
+
 ModelsMode = Literal["auto", "tiny", "real"]
 _LORA_ENV = re.compile(r"^FLUXRUN_LORA_([A-Z0-9_]+)$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -56,6 +58,14 @@ class Settings(BaseSettings):
     safety_default_tolerance: int = Field(
         2, ge=0, le=6, description="safetyTolerance for tools that have no such input (the pixel-art tool)"
     )
+    # Callbacks (SPEC.md section 6), delivered by the workers.
+    callback_allow: str = Field("", description="hosts or networks (CIDR) callbacks may reach despite the SSRF rules")
+    callback_timeout_seconds: float = Field(10.0, gt=0, description="per connect / send / read of one try")
+    callback_max_attempts: int = Field(16, ge=1, description="tries before a callback is given up")
+    callback_max_age_seconds: float = Field(86400.0, gt=0, description="no retry later than this after the task ended")
+    callback_retry_base_seconds: float = Field(1.0, gt=0, description="wait before the second try; doubles each try")
+    callback_retry_max_seconds: float = Field(3600.0, gt=0, description="longest wait between two tries")
+    callback_poll_seconds: float = Field(1.0, gt=0, description="how often a worker looks for due callbacks")
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -83,10 +93,26 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
     @field_validator("safety_model")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None  # FLUXRUN_SAFETY_MODEL= (empty) means no classifier, as unset does
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _check_allow(cls, value: str) -> str:
+        Allowlist.parse(value)  # a typo in a network fails at start, not at the first callback
+        return value
+
+    @property
+    def callback_allowlist(self) -> Allowlist:
+        return Allowlist.parse(self.callback_allow)
+
+    @property
+    def callback_claim_seconds(self) -> float:
+        """How long one try holds its delivery: past it, another deliverer may try again."""
+        return 3 * self.callback_timeout_seconds + 5
 
     @property
     def effective_database_url(self) -> str:

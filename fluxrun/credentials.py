@@ -28,7 +28,15 @@ def ensure_first_project(store: TaskStore, path: Path, base_url: str) -> FirstRu
 
 def write_credentials(path: Path, project: Project, base_url: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"api_key": project.api_key, "api_secret": project.api_secret, "base_url": base_url}, indent=2)
+    text = json.dumps(
+        {
+            "api_key": project.api_key,
+            "api_secret": project.api_secret,
+            "webhook_secret": project.webhook_secret,  # verifies this project's callbacks
+            "base_url": base_url,
+        },
+        indent=2,
+    )
     # Created with 0600 from the start, so the secret is never readable by others.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

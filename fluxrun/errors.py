@@ -16,6 +16,7 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     TaskStopped        raised from a backend's step callback when the task was killed
     LeaseLost          a worker's lease was taken over; it must not write its result
     IllegalTransition  a status change the state machine forbids
+    CallbackRefused    a callback URL the SSRF guard will not call (fluxrun.netguard)
     TaskFailed         ends one task; its message is the task's debugerror, word for word
     ├── BackendUnavailable  a backend cannot be loaded here (no weights, no token, offline)
     ├── OutOfMemory         the GPU ran out of memory on this task; the worker freed it, goes on
@@ -117,3 +118,8 @@ class ImageWithheld(TaskFailed):
     The message is what the task's debugerror shows: which image, its score against the
     threshold of the task's safetyTolerance, and what would let it through.
     """
+
+
+class CallbackRefused(Exception):
+    """A callback URL points where fluxrun will not send requests (loopback, private,
+    link-local, metadata... or not http(s)); the message names the address and the rule."""

@@ -7,7 +7,9 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
   the task ends failed, so no client polls forever;
 - every worker write is fenced by the attempt number: a worker whose lease was taken over
   gets ``LeaseLost`` and changes nothing;
-- status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``.
+- status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``;
+- a task with a callback URL gets its delivery row in the same transaction that ends it, and
+  a delivery is tried by one deliverer at a time, under a claim that expires.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Literal
 from fluxrun.status import Status
 
 AuthMode = Literal["signature", "apikey"]
+DeliveryState = Literal["pending", "delivered", "failed", "gone"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Project:
     api_secret: str | None
     created_at: float
     revoked_at: float | None
+    webhook_secret: str  # signs this project's callbacks
 
     @property
     def active(self) -> bool:
@@ -112,6 +116,27 @@ class ExpiredLease:
     requeued: bool  # False: the attempt limit was reached and the task ended failed
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One task's callback. ``attempt`` counts tries started; a claimed try is fenced by it."""
+
+    id: int
+    webhook_id: str
+    task_id: int
+    project_id: int
+    url: str
+    state: DeliveryState
+    attempt: int
+    next_attempt_at: float
+    claimed_by: str | None
+    claimed_until: float | None
+    last_status: int | None
+    last_error: str
+    created_at: float
+    last_attempt_at: float | None
+    delivered_at: float | None
+
+
 class TaskStore(ABC):
     # -- set-up ---------------------------------------------------------------------------
     @abstractmethod
@@ -138,6 +163,9 @@ class TaskStore(ABC):
 
     @abstractmethod
     def project_by_key(self, api_key: str) -> Project | None: ...
+
+    @abstractmethod
+    def get_project(self, project_id: int) -> Project | None: ...
 
     @abstractmethod
     def use_nonce(self, project_id: int, nonce: str, now: float, forget_after: float | None) -> bool:
@@ -207,3 +235,24 @@ class TaskStore(ABC):
 
     @abstractmethod
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None: ...
+
+    # -- callbacks: the deliverer's side --------------------------------------------------
+    @abstractmethod
+    def claim_deliveries(self, deliverer_id: str, claim_seconds: float, now: float, limit: int = 1) -> list[Delivery]:
+        """Take pending deliveries that are due and not claimed (or whose claim expired),
+        starting one try of each (``attempt`` + 1) under a claim until now + claim_seconds."""
+
+    @abstractmethod
+    def retry_delivery(self, delivery: Delivery, next_attempt_at: float, status: int | None, error: str) -> bool:
+        """Record a failed try and release the claim until ``next_attempt_at``; False when
+        this try no longer holds the delivery (its claim expired and another try began)."""
+
+    @abstractmethod
+    def end_delivery(
+        self, delivery: Delivery, state: DeliveryState, now: float, status: int | None = None, error: str = ""
+    ) -> bool:
+        """End a delivery as delivered, failed or gone; False as for ``retry_delivery``."""
+
+    @abstractmethod
+    def list_deliveries(self, task_id: int) -> list[Delivery]:
+        """A task's deliveries (zero or one today), for operators and tests."""

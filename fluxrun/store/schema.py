@@ -31,6 +31,8 @@ projects = Table(
     Column("api_secret", String(128), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    # Signs this project's callbacks (Standard Webhooks: "whsec_" + base64 of random bytes).
+    Column("webhook_secret", String(128), nullable=False),
 )
 
 nonces = Table(
@@ -94,4 +96,27 @@ outputs = Table(
     Column("accesskey", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("task_id", "name"),
+)
+
+# One row per callback a task owes (SPEC.md section 6): inserted in the transaction that
+# ends the task, so a callback is never lost, and claimed for one try at a time.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", String(64), nullable=False, unique=True),  # the same on every try
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False, unique=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed | gone
+    Column("attempts", Integer, nullable=False),  # tries started (a claim starts one)
+    Column("next_attempt_at", Float, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("claimed_until", Float, nullable=True),  # a try in flight; due again after this
+    Column("last_status", Integer, nullable=True),  # HTTP status of the last answer
+    Column("last_error", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_attempt_at", Float, nullable=True),
+    Column("delivered_at", Float, nullable=True),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
 )

@@ -34,6 +34,7 @@ from fluxrun.store.base import (
     TaskRecord,
     TaskStore,
 )
+from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
 from fluxrun.store.schema import nonces, outputs, projects, tasks
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -64,7 +65,7 @@ def _sources(new: Status) -> list[str]:
     return [s.value for s in Status if is_legal(s, new)]
 
 
-class SqlTaskStore(TaskStore):
+class SqlTaskStore(DeliveryQueries, TaskStore):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -106,6 +107,7 @@ class SqlTaskStore(TaskStore):
             "api_secret": secrets.token_hex(24) if mode == "signature" else None,
             "created_at": _now(),
             "revoked_at": None,
+            "webhook_secret": new_webhook_secret(),
         }
         with self._write() as conn:
             project_id = conn.execute(insert(projects).values(**values)).inserted_primary_key[0]
@@ -128,6 +130,11 @@ class SqlTaskStore(TaskStore):
     def project_by_key(self, api_key: str) -> Project | None:
         with self._read() as conn:
             row = conn.execute(select(projects).where(projects.c.api_key == api_key)).first()
+        return _project(row) if row else None
+
+    def get_project(self, project_id: int) -> Project | None:
+        with self._read() as conn:
+            row = conn.execute(select(projects).where(projects.c.id == project_id)).first()
         return _project(row) if row else None
 
     def use_nonce(self, project_id: int, nonce: str, now: float, forget_after: float | None) -> bool:
@@ -204,7 +211,10 @@ class SqlTaskStore(TaskStore):
                 .where(tasks.c.id == task_id, tasks.c.project_id == project_id, tasks.c.status == Status.QUEUE.value)
                 .values(status=Status.CANCEL.value, canceltime=now)
             )
-            return self._task(conn, task_id) if result.rowcount == 1 else None
+            if result.rowcount != 1:
+                return None
+            queue_callback(conn, task_id, now)
+            return self._task(conn, task_id)
 
     def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
         with self._write() as conn:
@@ -222,7 +232,10 @@ class SqlTaskStore(TaskStore):
                     **_RELEASED,
                 )
             )
-            return self._task(conn, task_id) if result.rowcount == 1 else None
+            if result.rowcount != 1:
+                return None
+            queue_callback(conn, task_id, now)
+            return self._task(conn, task_id)
 
     def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
         expired: list[ExpiredLease] = []
@@ -240,7 +253,7 @@ class SqlTaskStore(TaskStore):
                         f"The worker running this task stopped responding on each of {row.attempt} "
                         f"attempts (last: {owner}); giving up. The task may crash its worker."
                     )
-                    conn.execute(
+                    failed = conn.execute(
                         update(tasks)
                         .where(fenced)
                         .values(
@@ -248,6 +261,8 @@ class SqlTaskStore(TaskStore):
                             debugoutput=tasks.c.debugoutput + f"attempt {row.attempt}: lost worker {owner}\n",
                         )
                     )
+                    if failed.rowcount == 1:
+                        queue_callback(conn, row.id, now)
                     expired.append(ExpiredLease(row.id, row.attempt, requeued=False))
                     continue
                 conn.execute(
@@ -328,6 +343,7 @@ class SqlTaskStore(TaskStore):
         }
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
+            queue_callback(conn, lease.task_id, now)
             # A earlier attempt may have recorded some files before it died: replace them.
             conn.execute(outputs.delete().where(outputs.c.task_id == lease.task_id))
             for item in outputs_:
@@ -347,6 +363,7 @@ class SqlTaskStore(TaskStore):
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
         with self._write() as conn:
             self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
+            queue_callback(conn, lease.task_id, now)
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(
@@ -403,7 +420,9 @@ def _project(row: Row[Any]) -> Project:
         api_secret=row.api_secret,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        webhook_secret=row.webhook_secret,
     )
+
 
 
 def _task_record(row: Row[Any], outputs_: list[OutputRecord]) -> TaskRecord:

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from fluxrun.backends import memory
 from fluxrun.backends.registry import BackendCache
@@ -43,6 +44,7 @@ class Worker:
         storage: OutputStorage,
         backends: BackendCache,
         worker_id: str | None = None,
+        on_callback_owed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -52,6 +54,9 @@ class Worker:
         self.moderation = Moderation(
             settings.safety_model, backends.options.device, settings.unsafe_labels, settings.safety_default_tolerance
         )
+        # Called when a task with a callback URL leaves this worker's hands, so the callback
+        # goes out at once instead of at the deliverer's next poll.
+        self.on_callback_owed = on_callback_owed
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
@@ -88,6 +93,8 @@ class Worker:
             except Exception as exc:  # every failure ends the task, never the worker
                 log.exception("task %s failed", task_id)
                 self._fail(lease, _describe(exc))
+        if lease.task.callback_url and self.on_callback_owed:
+            self.on_callback_owed()
 
     def _run(self, lease: Lease, beat: Heartbeat) -> None:
         store, now = self.store, time.time

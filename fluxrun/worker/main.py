@@ -15,9 +15,10 @@ from fluxrun.errors import EXIT_CONFIG, BackendUnavailable
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
-from fluxrun.worker.loop import Worker
-from fluxrun.worker.startup import load_all, lora_report, warm_up
+from fluxrun.worker.callbacks import Deliverer
+from fluxrun.worker.loop import Worker, default_worker_id
 from fluxrun.worker.moderation import Moderation
+from fluxrun.worker.startup import load_all, lora_report, warm_up
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -71,25 +72,36 @@ def run_worker(settings: Settings) -> None:
 
     store = open_store(settings.effective_database_url)
     storage = LocalStorage(settings.outputs_dir)
-    backends = BackendCache(backend_options(settings, mode, device))
-    load_all(backends, TOOLS)
-    if settings.warmup:
-        warm_up(backends, TOOLS)
-
-    worker = Worker(settings, store, storage, backends)
-    load_moderation(worker.moderation)
-
+    worker_id = default_worker_id()
     stop = threading.Event()
+    loading = threading.Event()
+    loading.set()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
-        log.info("signal %d: finishing the current task, then stopping", signum)
         stop.set()
+        if loading.is_set():  # no task in hand yet: leave now, through the finally below
+            log.info("signal %d while loading models: stopping", signum)
+            raise SystemExit(0)
+        log.info("signal %d: finishing the current task, then stopping", signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
-    worker.run_forever(stop)
-    store.close()
+    # Callbacks go out while the models load, too: they need no model.
+    deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
+    deliverer.start()
+    try:
+        backends = BackendCache(backend_options(settings, mode, device))
+        load_all(backends, TOOLS)
+        if settings.warmup:
+            warm_up(backends, TOOLS)
+        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
+        load_moderation(worker.moderation)
+        loading.clear()
+        log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
+        worker.run_forever(stop)
+    finally:
+        deliverer.stop()
+        store.close()
 
 
 def load_moderation(moderation: Moderation) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -21,13 +22,19 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     signed = fluxrun("keys", "create", "--name", "ci", "--mode", "signature", "--json", data_dir=data)
     assert signed.returncode == 0, signed.stderr
     created = json.loads(signed.stdout)
-    assert set(created) == {"api_key", "api_secret"} and len(created["api_secret"]) == 48
+    assert set(created) == {"api_key", "api_secret", "webhook_secret"} and len(created["api_secret"]) == 48
+    # The Standard Webhooks secret format: whsec_ + base64 of 32 random bytes.
+    assert created["webhook_secret"].startswith("whsec_")
+    assert len(base64.b64decode(created["webhook_secret"].removeprefix("whsec_"))) == 32
     keyonly = json.loads(fluxrun("keys", "create", "--name", "k", "--mode", "apikey", "--json", data_dir=data).stdout)
-    assert keyonly["api_secret"] is None
+    assert keyonly["api_secret"] is None and keyonly["webhook_secret"] != created["webhook_secret"]
 
     listed = json.loads(fluxrun("keys", "list", "--json", data_dir=data).stdout)
     assert [(p["name"], p["mode"], p["active"]) for p in listed] == [("ci", "signature", True), ("k", "apikey", True)]
+    assert [p["webhook_secret"] for p in listed] == [created["webhook_secret"], keyonly["webhook_secret"]]
     assert created["api_secret"] not in json.dumps(listed)
+    table = fluxrun("keys", "list", data_dir=data).stdout
+    assert created["api_key"] in table and created["webhook_secret"] in table  # whole, never shortened
 
     assert fluxrun("keys", "revoke", created["api_key"], data_dir=data).returncode == 0
     again = fluxrun("keys", "revoke", created["api_key"], data_dir=data)

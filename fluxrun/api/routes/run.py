@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends
 
 from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
+from fluxrun.errors import CallbackRefused, ValidationError
+from fluxrun.netguard import Allowlist, check_url
 from fluxrun.store.base import Project
 from fluxrun.tools.catalog import find_tool
 
 router = APIRouter()
+
+# "scheme://...": text that means to be a URL, as opposed to the seeds' sentence.
+_LOOKS_LIKE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 
 
 @router.post("/v1/Run/{owner}/{project}")
@@ -26,23 +31,29 @@ def run(
 ) -> dict[str, Any]:
     tool = find_tool(owner, project)
     parameters = tool.validate(body)
-    callback_url, note = callback_from(body.get("callbackUrl"))
+    callback_url, note = callback_from(body.get("callbackUrl"), state.settings.callback_allowlist)
     task = state.store.create_task(caller.id, tool.slug, parameters, tool.cps, callback_url, debugoutput=note)
     return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.token, "result": True}
 
 
-def callback_from(raw: Any) -> tuple[str, str]:
+def callback_from(raw: Any, allow: Allowlist) -> tuple[str, str]:
     """(callback URL to keep, note for debugoutput).
 
     The seeds' Run lines carry a sentence in ``callbackUrl`` ("You can provide a callback
-    URL; ...") and must work when pasted as they are, so text that is not an absolute
-    http(s) URL is not an error: it is ignored, and the task's debugoutput says so.
+    URL; ...") and must work when pasted as they are, so text that is not a URL is not an
+    error: it is ignored, and the task's debugoutput says so. A URL the callback would be
+    refused for without even a DNS lookup (another scheme than http(s), a loopback, private
+    or metadata address in any spelling, a localhost name) is refused now, so the client
+    learns it at once rather than from a callback that never comes.
     """
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return "", ""
     text = str(raw).strip()
-    parts = urlsplit(text)
-    if parts.scheme in ("http", "https") and parts.netloc and " " not in text:
+    if _LOOKS_LIKE_URL.match(text):
+        try:
+            check_url(text, allow)
+        except CallbackRefused as exc:
+            raise ValidationError("callbackUrl", str(exc)) from None
         return text, ""
     shown = text if len(text) <= 60 else text[:57] + "..."
     return "", f"callbackUrl ignored: {shown!r} is not an absolute http(s) URL\n"

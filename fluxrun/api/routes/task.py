@@ -12,7 +12,7 @@ from starlette.requests import Request
 from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
-from fluxrun.api.wire import task_wire
+from fluxrun.wire import detail_wire, task_wire
 from fluxrun.errors import FluxrunError, NotFoundError, ValidationError
 from fluxrun.store.base import Project, TaskRecord
 
@@ -65,7 +65,7 @@ def task_call(
 
 @router.post("/v1/Task/Detail")
 def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
-    return {"total": "1", "errors": [], "tasklist": call.wire([call.find()]), "result": True}
+    return detail_wire(call.find(), call.state.storage, call.state.base_url(call.request))
 
 
 @router.post("/v1/Task/List")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
-from fluxrun.api.wire import tool_wire
+from fluxrun.wire import tool_wire
 from fluxrun.errors import ValidationError
 from fluxrun.store.base import Project
 from fluxrun.tools.catalog import TOOLS, find_tool

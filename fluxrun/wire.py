@@ -1,7 +1,9 @@
 """Records -> the exact JSON shapes of SPEC.md sections 3 and 8.
 
 Every number is a string, every time is unix seconds in a string ("0" until reached),
-and every field the hosted service sends is present.
+and every field the hosted service sends is present. Used by the API's routes and by the
+worker's callback deliveries (a callback's body is what Task/Detail answers), so it sits
+outside both.
 """
 
 from __future__ import annotations
@@ -114,6 +116,16 @@ def task_wire(task: TaskRecord, storage: OutputStorage, base_url: str) -> dict[s
     for field in _TIME_FIELDS:
         wire[field] = time_text(getattr(task, field))
     return wire
+
+
+def detail_wire(task: TaskRecord, storage: OutputStorage, base_url: str) -> dict[str, Any]:
+    """Task/Detail's answer for one task; also the body of its callback (SPEC.md section 6)."""
+    return {"total": "1", "errors": [], "tasklist": [task_wire(task, storage, base_url)], "result": True}
+
+
+def json_text(content: Any) -> str:
+    """JSON as the API's responses render it (Starlette's JSONResponse settings)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
 
 
 def input_wire(spec: InputSpec) -> dict[str, Any]:
