@@ -7,7 +7,8 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
   the task ends failed, so no client polls forever;
 - every worker write is fenced by the attempt number: a worker whose lease was taken over
   gets ``LeaseLost`` and changes nothing;
-- status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``.
+- status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``;
+- every change of a task is published on ``events`` (fluxrun.store.events) once committed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from fluxrun.status import Status
+from fluxrun.store.events import EventBus
 
 AuthMode = Literal["signature", "apikey"]
 
@@ -113,6 +115,9 @@ class ExpiredLease:
 
 
 class TaskStore(ABC):
+    #: Where every committed change of a task is published, to this and other processes.
+    events: EventBus
+
     # -- set-up ---------------------------------------------------------------------------
     @abstractmethod
     def migrate(self) -> None:
@@ -158,6 +163,11 @@ class TaskStore(ABC):
     @abstractmethod
     def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
         """One task of this project, with its outputs; None when absent or another project's."""
+
+    @abstractmethod
+    def task_by_token(self, token: str) -> TaskRecord | None:
+        """The task whose socketaccesstoken this is, whichever project's (the token alone
+        authorises the WebSocket, as on the hosted service)."""
 
     @abstractmethod
     def list_tasks(

@@ -1,26 +1,44 @@
 """The worker's side of one task, handed to the backend as its ``Job``.
 
 Progress goes to the store at each step (fenced by the lease: once the task was killed or
-taken over, the write fails and the backend is stopped with TaskStopped). Notes collect
-the lines the task's debugoutput gets when generation ends.
+taken over, the write fails and the backend is stopped with TaskStopped); a kill heard on
+the event bus stops it at the next ``check`` too. Notes collect the lines the task's
+debugoutput gets when generation ends. Previews go out on the event bus only (they are
+news, not state), at most one per ``PREVIEW_INTERVAL`` and only when a client asked.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import TYPE_CHECKING
 
 from fluxrun.errors import LeaseLost, TaskStopped
+from fluxrun.imaging.preview import encode_preview
 from fluxrun.store.base import Lease, TaskStore
+from fluxrun.store.events import MAX_EVENT_BYTES, TASK_PREVIEW, TaskEvent
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.progress import ProgressMeter
+from fluxrun.worker.signals import TaskSignals
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+log = logging.getLogger("fluxrun.worker")
+
+PREVIEW_INTERVAL = 0.5  # seconds: at most two previews a second per task
+# Room in one event for the base64 JPEG (the rest is the event's own JSON).
+_PREVIEW_CHARS = MAX_EVENT_BYTES - 200
 
 
 class TaskJob:
-    def __init__(self, store: TaskStore, lease: Lease, beat: Heartbeat) -> None:
+    def __init__(self, store: TaskStore, lease: Lease, beat: Heartbeat, signals: TaskSignals | None = None) -> None:
         self._store = store
         self._lease = lease
         self._beat = beat
+        self._signals = signals
         self._meter = ProgressMeter()
+        self._next_preview = 0.0
         self.notes: list[str] = []
 
     def step(self, done: int, total: int) -> None:
@@ -31,8 +49,20 @@ class TaskJob:
             raise TaskStopped() from None
 
     def check(self) -> None:
-        if self._beat.lost.is_set():
+        if self._beat.lost.is_set() or (self._signals is not None and self._signals.killed.is_set()):
             raise TaskStopped()
+
+    def wants_preview(self) -> bool:
+        return self._signals is not None and self._signals.previews and time.monotonic() >= self._next_preview
+
+    def preview(self, image: Image) -> None:
+        self._next_preview = time.monotonic() + PREVIEW_INTERVAL
+        try:
+            data = encode_preview(image, _PREVIEW_CHARS)
+            if data is not None:
+                self._store.events.publish(TaskEvent(self._lease.task_id, TASK_PREVIEW, self._lease.attempt, data))
+        except Exception:  # a preview is a nicety: it never fails the task
+            log.exception("task %s: preview not sent", self._lease.task_id)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -62,7 +62,7 @@ def run_worker(settings: Settings) -> None:
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         log.info("signal %d: finishing the current task, then stopping", signum)
-        stop.set()
+        stop.set()  # the worker's event thread sees it within a second and wakes the loop
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
