@@ -8,18 +8,22 @@ import io
 from PIL.Image import Image, Resampling
 
 PREVIEW_MAX_SIDE = 128
-_QUALITIES = (75, 60, 45, 30)
+_QUALITIES = (75, 50, 30)
+_SCALES = (1.0, 0.75, 0.5)  # a busy picture (noise compresses badly) is sent smaller
 
 
 def encode_preview(image: Image, max_chars: int, max_side: int = PREVIEW_MAX_SIDE) -> str | None:
-    """Base64 of a JPEG at most ``max_side`` pixels on its longer side; the best quality
-    that fits in ``max_chars``, or None when even the lowest does not."""
-    small = image.convert("RGB")
-    small.thumbnail((max_side, max_side), Resampling.BILINEAR)
-    for quality in _QUALITIES:
-        buffer = io.BytesIO()
-        small.save(buffer, format="JPEG", quality=quality)
-        text = base64.b64encode(buffer.getvalue()).decode("ascii")
-        if len(text) <= max_chars:
-            return text
+    """Base64 of a JPEG at most ``max_side`` pixels on its longer side: the largest size,
+    then the best quality, that fits in ``max_chars``; None when nothing does."""
+    rgb = image.convert("RGB")
+    for scale in _SCALES:
+        side = max(16, int(max_side * scale))
+        small = rgb.copy()
+        small.thumbnail((side, side), Resampling.BILINEAR)
+        for quality in _QUALITIES:
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=quality)
+            text = base64.b64encode(buffer.getvalue()).decode("ascii")
+            if len(text) <= max_chars:
+                return text
     return None
