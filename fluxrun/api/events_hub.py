@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fluxrun.api.wire import outputs_message, socket_message
@@ -75,7 +75,6 @@ class Watch:
     last_rank: tuple[int, int] = (-1, -1)
     last_step: int = -1
     ended: bool = False
-    sent: list[str] = field(default_factory=list)  # event types, for the log
 
     def offer(self, kind: str, attempt: int, message: Any, task: TaskRecord | None = None) -> None:
         """Send this event unless the client has it already or has something newer."""
@@ -115,7 +114,6 @@ class Watch:
         self.offer(task.status.value, task.attempt, task.progress, task)
 
     def _send(self, kind: str, message: Any) -> None:
-        self.sent.append(kind)
         self.connection.send(socket_message(kind, self.task, message))
 
 

@@ -234,3 +234,25 @@ def test_a_listener_killed_without_cleaning_up_is_forgotten(store: TaskStore, da
     assert {p.name for p in folder.glob(f"{listener.pid}-*.sock")} == sockets  # left behind
     store.events.publish(TaskEvent(1, TASK_PREVIEW, 1, "x"))
     assert not list(folder.glob(f"{listener.pid}-*.sock"))
+
+
+def test_a_listener_whose_connection_drops_reconnects_and_says_so(store: TaskStore, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL listeners hold a connection")
+    from sqlalchemy import create_engine, text
+
+    from fluxrun.store.events import RESYNC
+
+    subscription = store.events.subscribe()
+    try:
+        backend_pid = subscription._conn.info.backend_pid  # type: ignore[attr-defined]
+        engine = create_engine(database_url)
+        with engine.begin() as conn:  # what a database restart or a network cut does to it
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
+        engine.dispose()
+        event = subscription.get(timeout=WAIT)
+        assert event is not None and event.type == RESYNC  # events may have been missed: look again
+        store.events.publish(TaskEvent(3, TASK_PREVIEW, 1, "after"))
+        assert subscription.get(timeout=WAIT) == TaskEvent(3, TASK_PREVIEW, 1, "after")
+    finally:
+        subscription.close()
