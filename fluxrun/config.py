@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="a worker that stops heartbeating loses its task after this")
     max_attempts: int = Field(3, ge=1, description="tries before a task whose worker keeps dying fails")
     nonce_window_seconds: float = Field(300.0, gt=0)
-    idle_poll_seconds: float = Field(0.5, gt=0, description="how often an idle worker looks for work")
+    idle_poll_seconds: float = Field(
+        5.0, gt=0, description="how often an idle worker looks for work besides the wake-ups of the event bus"
+    )
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
     cpu_offload: bool = False

@@ -158,3 +158,16 @@ def tool_wire(tool: ToolSpec) -> dict[str, Any]:
         "cps": money_text(tool.cps),
         "parameters": [{"title": "Inputs", "items": [input_wire(spec) for spec in tool.inputs]}],
     }
+
+
+def socket_message(kind: str, task: TaskRecord, message: Any, result: bool = True) -> dict[str, Any]:
+    """One WebSocket message (SPEC.md section 5): ``message`` is null for plain status
+    changes, as on the hosted service."""
+    return {"type": kind, "id": str(task.id), "tasktoken": task.token, "message": message, "result": result}
+
+
+def outputs_message(task: TaskRecord, storage: OutputStorage, base_url: str) -> list[dict[str, str]]:
+    """task_postprocess_end's message: each output's name, contenttype, size and url, the
+    same values Task/Detail gives (a failed task has none)."""
+    fields = ("name", "contenttype", "size", "url")
+    return [{key: output_wire(task, o, storage, base_url)[key] for key in fields} for o in task.outputs]

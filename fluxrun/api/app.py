@@ -1,4 +1,5 @@
-"""create_app: the FastAPI application, its error handlers and its lease reaper."""
+"""create_app: the FastAPI application, its error handlers, its lease reaper and the event
+hub behind its WebSocket."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fluxrun import __version__
-from fluxrun.api.routes import files, run, task, tool
+from fluxrun.api.events_hub import EventHub
+from fluxrun.api.routes import files, run, socket, task, tool
 from fluxrun.api.state import AppState
 from fluxrun.config import Settings
 from fluxrun.errors import FluxrunError
@@ -28,19 +30,23 @@ log = logging.getLogger("fluxrun.api")
 
 def create_app(settings: Settings, store: TaskStore, storage: OutputStorage, *, reaper: bool = True) -> FastAPI:
     state = AppState(settings=settings, store=store, storage=storage)
+    hub = EventHub(store, storage)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(hub.start, asyncio.get_running_loop())
         job = asyncio.create_task(_reap_forever(state)) if reaper else None
         try:
             yield
         finally:
             if job:
                 job.cancel()
+            await run_in_threadpool(hub.stop)
 
     app = FastAPI(title="fluxrun", version=__version__, lifespan=lifespan)
     app.state.fluxrun = state
-    for module in (run, task, tool, files):
+    app.state.fluxrun_hub = hub
+    for module in (run, task, tool, files, socket):
         app.include_router(module.router)
     app.add_exception_handler(FluxrunError, _fluxrun_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from fluxrun.config import Settings
 from fluxrun.storage.base import OutputStorage
@@ -17,7 +17,7 @@ class AppState:
     store: TaskStore
     storage: OutputStorage
 
-    def base_url(self, request: Request) -> str:
+    def base_url(self, request: HTTPConnection) -> str:
         """Base of output URLs: the configured public URL, else what the client used."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")

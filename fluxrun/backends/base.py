@@ -12,6 +12,11 @@ Images a backend makes on this machine are screened by the worker's safety class
 (``FLUXRUN_SAFETY_MODEL``) before they are stored. A backend that relays to an API which
 moderates its own output (the partner API, given the task's safetyTolerance) sets the class
 attribute ``moderated_remotely = True`` to opt out; local backends leave it unset.
+
+Live previews are optional: a backend that can picture its work in progress cheaply asks
+``job.wants_preview()`` after a step (true only when a client asked for previews of this
+task and the last one is old enough) and only then makes a small image for
+``job.preview(image)``. A backend that cannot simply never asks.
 """
 
 from __future__ import annotations
@@ -41,17 +46,26 @@ class Job(Protocol):
     def note(self, text: str) -> None:
         """A line for the task's debugoutput (what ran, what was left out and why)."""
 
+    def wants_preview(self) -> bool:
+        """Whether a preview is wanted now; cheap. Make one only when this says so."""
+
+    def preview(self, image: Image) -> None:
+        """A low-resolution picture of the work so far (any size: it is scaled down)."""
+
 
 @dataclass
 class RecordingJob:
     """A Job that keeps what it is told: for warm-ups, benchmarks and tests.
 
-    ``stop_at`` makes ``step`` raise TaskStopped once that many steps are done, as a kill would.
+    ``stop_at`` makes ``step`` raise TaskStopped once that many steps are done, as a kill would;
+    ``want_previews`` makes it ask for a preview after every step.
     """
 
     stop_at: int | None = None
+    want_previews: bool = False
     steps: list[tuple[int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    previews: list[Image] = field(default_factory=list)
 
     def step(self, done: int, total: int) -> None:
         self.steps.append((done, total))
@@ -64,6 +78,12 @@ class RecordingJob:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def wants_preview(self) -> bool:
+        return self.want_previews
+
+    def preview(self, image: Image) -> None:
+        self.previews.append(image)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
+from fluxrun.backends.latent_preview import flux1_preview
 from fluxrun.backends.lora import HotswapSlot, LoraSwitch, NamedAdapters, configured_sources
 from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
 from fluxrun.errors import BackendUnavailable
@@ -76,9 +77,11 @@ class Flux1Backend:
         for index, seed in enumerate(request.image_seeds()):
             done_before = index * request.steps
 
-            def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            def step_end(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 # Raising here (TaskStopped on a kill) leaves the pipeline at once: no VAE decode.
                 job.step(done_before + step + 1, total)
+                if job.wants_preview():  # only when a client watches, and throttled
+                    job.preview(flux1_preview(kwargs["latents"], request.height, request.width, pipe.vae_scale_factor))
                 return kwargs
 
             with torch.inference_mode():
@@ -91,6 +94,7 @@ class Flux1Backend:
                     generator=torch.Generator(self.device).manual_seed(seed),
                     max_sequence_length=TINY_MAX_SEQUENCE if self.tiny else REAL_MAX_SEQUENCE,
                     callback_on_step_end=step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
                 )
             images.append(result.images[0])
         return images

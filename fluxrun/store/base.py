@@ -10,6 +10,7 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
 - status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``;
 - a task with a callback URL gets its delivery row in the same transaction that ends it, and
   a delivery is tried by one deliverer at a time, under a claim that expires.
+- every change of a task is published on ``events`` (fluxrun.store.events) once committed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from fluxrun.status import Status
+from fluxrun.store.events import EventBus
 
 AuthMode = Literal["signature", "apikey"]
 DeliveryState = Literal["pending", "delivered", "failed", "gone"]
@@ -138,6 +140,9 @@ class Delivery:
 
 
 class TaskStore(ABC):
+    #: Where every committed change of a task is published, to this and other processes.
+    events: EventBus
+
     # -- set-up ---------------------------------------------------------------------------
     @abstractmethod
     def migrate(self) -> None:
@@ -186,6 +191,11 @@ class TaskStore(ABC):
     @abstractmethod
     def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
         """One task of this project, with its outputs; None when absent or another project's."""
+
+    @abstractmethod
+    def task_by_token(self, token: str) -> TaskRecord | None:
+        """The task whose socketaccesstoken this is, whichever project's (the token alone
+        authorises the WebSocket, as on the hosted service)."""
 
     @abstractmethod
     def list_tasks(

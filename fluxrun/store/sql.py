@@ -1,7 +1,9 @@
 """The TaskStore in SQLAlchemy Core, shared by the SQLite and PostgreSQL stores.
 
-Dialect differences live in their own files: how the engine is made and how a write
-transaction begins (sqlite.py: BEGIN IMMEDIATE; postgres.py: row locks with SKIP LOCKED).
+Dialect differences live in their own files: how the engine is made, how a write
+transaction begins (sqlite.py: BEGIN IMMEDIATE; postgres.py: row locks with SKIP LOCKED)
+and how events travel (events_local.py, events_postgres.py). Every write that changes a
+task emits its events through ``_emit``; they reach listeners only if it commits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fluxrun.store.base import (
     TaskStore,
 )
 from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
+from fluxrun.store.events import MAX_ERROR_CHARS, TASK_ERROR, EventBus, TaskEvent
 from fluxrun.store.schema import nonces, outputs, projects, tasks
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -54,6 +57,8 @@ _RUNNING_VALUES = [s.value for s in RUNNING]
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # A task that leaves a worker's hands, whichever way.
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+# Where a write transaction keeps the events it will publish (on the connection's info).
+_PENDING_EVENTS = "fluxrun_pending_events"
 
 
 def new_token(length: int = 30) -> str:
@@ -66,8 +71,9 @@ def _sources(new: Status) -> list[str]:
 
 
 class SqlTaskStore(DeliveryQueries, TaskStore):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, events: EventBus) -> None:
         self.engine = engine
+        self.events = events
 
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
@@ -77,11 +83,29 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        pending: list[TaskEvent] = []
         # Dialects see this option when the transaction begins (SQLite: BEGIN IMMEDIATE).
         with self.engine.connect() as conn:
             conn.execution_options(fluxrun_write=True)
-            with conn.begin():
-                yield conn
+            conn.info[_PENDING_EVENTS] = pending
+            try:
+                with conn.begin():
+                    yield conn
+                    if pending:
+                        self.events.before_commit(conn, pending)
+            finally:
+                del conn.info[_PENDING_EVENTS]
+        if pending:
+            self.events.after_commit(pending)
+
+    @staticmethod
+    def _emit(conn: Connection, task_id: int, type_: str, attempt: int, message: Any = None) -> None:
+        """Publish this change of a task once the transaction of ``conn`` commits."""
+        conn.info[_PENDING_EVENTS].append(TaskEvent(task_id, type_, attempt, message))
+
+    def _emit_failure(self, conn: Connection, task_id: int, attempt: int, error: str) -> None:
+        self._emit(conn, task_id, TASK_ERROR, attempt, error[:MAX_ERROR_CHARS])
+        self._emit(conn, task_id, Status.POSTPROCESS_END.value, attempt)
 
     # -- set-up ---------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -96,6 +120,7 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
+        self.events.close()
         self.engine.dispose()
 
     # -- projects -------------------------------------------------------------------------
@@ -180,14 +205,21 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             "kill_requested": False,
         }
         with self._write() as conn:
-            task_id = conn.execute(insert(tasks).values(**values)).inserted_primary_key[0]
-            return self._task(conn, int(task_id))
+            task_id = int(conn.execute(insert(tasks).values(**values)).inserted_primary_key[0])
+            self._emit(conn, task_id, Status.QUEUE.value, 0)
+            return self._task(conn, task_id)
 
     def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
         if task_id is None and token is None:
             return None
         query = select(tasks).where(tasks.c.project_id == project_id)
         query = query.where(tasks.c.id == task_id) if task_id is not None else query.where(tasks.c.token == token)
+        return self._one(query)
+
+    def task_by_token(self, token: str) -> TaskRecord | None:
+        return self._one(select(tasks).where(tasks.c.token == token)) if token else None
+
+    def _one(self, query: Any) -> TaskRecord | None:
         with self._read() as conn:
             row = conn.execute(query).first()
             return self._with_outputs(conn, [row])[0] if row else None
@@ -214,7 +246,7 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             if result.rowcount != 1:
                 return None
             queue_callback(conn, task_id, now)
-            return self._task(conn, task_id)
+            return self._cancelled(conn, task_id)
 
     def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
         with self._write() as conn:
@@ -235,7 +267,12 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             if result.rowcount != 1:
                 return None
             queue_callback(conn, task_id, now)
-            return self._task(conn, task_id)
+            return self._cancelled(conn, task_id)
+
+    def _cancelled(self, conn: Connection, task_id: int) -> TaskRecord:
+        task = self._task(conn, task_id)
+        self._emit(conn, task_id, Status.CANCEL.value, task.attempt)
+        return task
 
     def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
         expired: list[ExpiredLease] = []
@@ -263,6 +300,7 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
                     )
                     if failed.rowcount == 1:
                         queue_callback(conn, row.id, now)
+                        self._emit_failure(conn, row.id, row.attempt, error)
                     expired.append(ExpiredLease(row.id, row.attempt, requeued=False))
                     continue
                 conn.execute(
@@ -277,6 +315,7 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
                         **{column: None for column in _ATTEMPT_TIMES},
                     )
                 )
+                self._emit(conn, row.id, Status.QUEUE.value, row.attempt)
                 expired.append(ExpiredLease(row.id, row.attempt, requeued=True))
         return expired
 
@@ -303,6 +342,7 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
                 )
             )
             task = self._task(conn, task_id)
+            self._emit(conn, task_id, Status.ACCEPT.value, task.attempt)
         return Lease(task=task, attempt=task.attempt, worker_id=worker_id, expires_at=expires)
 
     def heartbeat(self, lease: Lease, lease_seconds: float, now: float) -> Lease:
@@ -321,12 +361,14 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             values["debugoutput"] = tasks.c.debugoutput + note.rstrip("\n") + "\n"
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=_sources(status))
+            self._emit(conn, lease.task_id, status.value, lease.attempt)
 
     def record_progress(self, lease: Lease, progress: dict[str, Any], now: float) -> None:
         values = {"status": Status.OUTPUT.value, "progress": json.dumps(progress)}
         allowed = _sources(Status.OUTPUT) + [Status.OUTPUT.value]
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=allowed)
+            self._emit(conn, lease.task_id, Status.OUTPUT.value, lease.attempt, progress)
 
     def is_current(self, lease: Lease) -> bool:
         with self._read() as conn:
@@ -358,12 +400,14 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
                         created_at=now,
                     )
                 )
+            self._emit(conn, lease.task_id, Status.POSTPROCESS_END.value, lease.attempt)
             return self._task(conn, lease.task_id)
 
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
         with self._write() as conn:
             self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
             queue_callback(conn, lease.task_id, now)
+            self._emit_failure(conn, lease.task_id, lease.attempt, error)
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(

@@ -1,5 +1,8 @@
 """SQLite: the default store, one file in the data directory.
 
+Its events go through Unix sockets in ``events/`` next to the database file: every process
+using the file is on this machine.
+
 WAL so readers never wait for the writer; a busy timeout so writers queue instead of
 failing; and BEGIN IMMEDIATE for every write transaction, because a DEFERRED transaction
 that upgrades from read to write ignores the busy timeout and fails with "database is
@@ -14,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import make_url
 
+from fluxrun.store.events_local import LocalEventBus
 from fluxrun.store.sql import SqlTaskStore
 
 BUSY_TIMEOUT_MS = 30_000
@@ -22,12 +26,14 @@ BUSY_TIMEOUT_MS = 30_000
 class SqliteTaskStore(SqlTaskStore):
     def __init__(self, url: str) -> None:
         database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if not database or database == ":memory:":
+            raise ValueError("FLUXRUN_DATABASE_URL: SQLite needs a database file (workers are other processes)")
+        folder = Path(database).resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _configure_connection)
         event.listen(engine, "begin", _begin)
-        super().__init__(engine)
+        super().__init__(engine, LocalEventBus(folder / "events"))
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:

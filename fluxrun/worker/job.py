@@ -1,48 +1,60 @@
 """The worker's side of one task, handed to the backend as its ``Job``.
 
 Progress goes to the store at each step (fenced by the lease: once the task was killed or
-taken over, the write fails and the backend is stopped with TaskStopped). ``check`` looks
-at the store itself, at most every ``CHECK_EVERY`` seconds, so a backend waiting on a
-remote API notices a kill within about that long, not only at the next heartbeat (a third
-of the lease: 10 s by default). Notes collect the lines the task's debugoutput gets when
-generation ends.
+taken over, the write fails and the backend is stopped with TaskStopped); a kill heard on
+the event bus stops it at the next ``step`` or ``check``. Events can be missed (a listener
+that reconnects), so ``check`` also reads the store itself, at most every ``CHECK_EVERY``
+seconds: a backend waiting on a remote API notices a kill within about that long, not only
+at the next heartbeat (a third of the lease: 10 s by default). Notes collect the lines the task's
+debugoutput gets when generation ends. Previews go out on the event bus only (they are
+news, not state), at most one per ``PREVIEW_INTERVAL`` and only when a client asked.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from fluxrun.errors import LeaseLost, TaskStopped
+from fluxrun.imaging.preview import encode_preview
 from fluxrun.store.base import Lease, TaskStore
+from fluxrun.store.events import MAX_EVENT_BYTES, TASK_PREVIEW, TaskEvent
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.progress import ProgressMeter
+from fluxrun.worker.signals import TaskSignals
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger("fluxrun.worker")
 
 CHECK_EVERY = 0.5  # seconds between two store reads of check()
+PREVIEW_INTERVAL = 0.5  # seconds: at most two previews a second per task
+# Room in one event for the base64 JPEG (the rest is the event's own JSON).
+_PREVIEW_CHARS = MAX_EVENT_BYTES - 200
 
 
 class TaskJob:
-    def __init__(self, store: TaskStore, lease: Lease, beat: Heartbeat) -> None:
+    def __init__(self, store: TaskStore, lease: Lease, beat: Heartbeat, signals: TaskSignals | None = None) -> None:
         self._store = store
         self._lease = lease
         self._beat = beat
+        self._signals = signals
         self._meter = ProgressMeter()
+        self._next_preview = 0.0
         self._checked_at = time.monotonic()
         self.notes: list[str] = []
 
     def step(self, done: int, total: int) -> None:
-        if self._beat.lost.is_set():
-            raise TaskStopped()
+        self._stop_if_told()
         try:  # the write is fenced: it fails at once if the task was killed
             self._store.record_progress(self._lease, self._meter.message(done, total), time.time())
         except LeaseLost:
             raise TaskStopped() from None
 
     def check(self) -> None:
-        if self._beat.lost.is_set():
-            raise TaskStopped()
+        self._stop_if_told()
         if time.monotonic() - self._checked_at < CHECK_EVERY:
             return
         self._checked_at = time.monotonic()
@@ -53,6 +65,23 @@ class TaskJob:
             return
         if not current:
             raise TaskStopped()
+
+    def _stop_if_told(self) -> None:
+        """TaskStopped when the heartbeat lost the lease or the bus said the task was killed."""
+        if self._beat.lost.is_set() or (self._signals is not None and self._signals.killed.is_set()):
+            raise TaskStopped()
+
+    def wants_preview(self) -> bool:
+        return self._signals is not None and self._signals.previews and time.monotonic() >= self._next_preview
+
+    def preview(self, image: Image) -> None:
+        self._next_preview = time.monotonic() + PREVIEW_INTERVAL
+        try:
+            data = encode_preview(image, _PREVIEW_CHARS)
+            if data is not None:
+                self._store.events.publish(TaskEvent(self._lease.task_id, TASK_PREVIEW, self._lease.attempt, data))
+        except Exception:  # a preview is a nicety: it never fails the task
+            log.exception("task %s: preview not sent", self._lease.task_id)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

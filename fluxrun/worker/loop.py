@@ -5,6 +5,9 @@ timestamps, keeps the lease alive by heartbeat, reports progress at each denoisi
 and stops at the next step when the task was killed (the progress write is fenced: it
 fails once the task is no longer this attempt's). Images made here pass the safety
 classifier (worker/moderation.py) before anything is stored.
+fails once the task is no longer this attempt's; the kill event on the bus says it sooner).
+An idle worker sleeps until the bus says a task was queued, with a slow poll
+(``idle_poll_seconds``) as the fallback for events it could not hear.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fluxrun.tools.catalog import tool_by_slug
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
 from fluxrun.worker.moderation import Moderation
+from fluxrun.worker.signals import BusWatcher, TaskSignals
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -57,16 +61,22 @@ class Worker:
         # Called when a task with a callback URL leaves this worker's hands, so the callback
         # goes out at once instead of at the deliverer's next poll.
         self.on_callback_owed = on_callback_owed
+        self._watcher: BusWatcher | None = None
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
-        while not stop.is_set():
+        with BusWatcher(self.store.events, stop) as watcher:
+            self._watcher = watcher
             try:
-                if not self.run_once():
-                    stop.wait(self.settings.idle_poll_seconds)
-            except Exception:  # the database may be away for a while: wait, then go on
-                log.exception("worker loop")
-                stop.wait(max(1.0, self.settings.idle_poll_seconds))
+                while not stop.is_set():
+                    try:
+                        if not self.run_once():
+                            watcher.wait_for_work(self.settings.idle_poll_seconds)
+                    except Exception:  # the database may be away for a while: wait, then go on
+                        log.exception("worker loop")
+                        stop.wait(max(1.0, min(5.0, self.settings.idle_poll_seconds)))
+            finally:
+                self._watcher = None
 
     def run_once(self) -> bool:
         """Run one task if there is one; False when the queue was empty."""
@@ -80,9 +90,10 @@ class Worker:
 
     def process(self, lease: Lease) -> None:
         task_id = lease.task_id
+        signals = self._watcher.begin(task_id) if self._watcher else None
         with Heartbeat(self.store, lease, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
             try:
-                self._run(lease, beat)
+                self._run(lease, beat, signals)
             except TaskStopped:
                 log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
             except LeaseLost:
@@ -93,10 +104,13 @@ class Worker:
             except Exception as exc:  # every failure ends the task, never the worker
                 log.exception("task %s failed", task_id)
                 self._fail(lease, _describe(exc))
+            finally:
+                if self._watcher:
+                    self._watcher.end()
         if lease.task.callback_url and self.on_callback_owed:
             self.on_callback_owed()
 
-    def _run(self, lease: Lease, beat: Heartbeat) -> None:
+    def _run(self, lease: Lease, beat: Heartbeat, signals: TaskSignals | None) -> None:
         store, now = self.store, time.time
         tool = tool_by_slug(lease.task.tool)
         store.advance(lease, Status.ASSIGN, now(), note=f"attempt {lease.attempt}: worker {self.worker_id}")
@@ -107,7 +121,7 @@ class Worker:
         store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
         store.advance(lease, Status.START, now())
 
-        job = TaskJob(store, lease, beat)
+        job = TaskJob(store, lease, beat, signals)
         started = time.monotonic()
         images = memory.generate(backend, request, job)
         elapsed = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
+from fluxrun.errors import TaskStopped
 from fluxrun.status import Status
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store.base import TaskStore
+from fluxrun.store.events import PREVIEW_WANTED, TASK_PREVIEW, TaskEvent
 from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.loop import Worker
 from tests.conftest import BACKENDS
@@ -25,13 +27,6 @@ pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 PIXEL = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
 FLUX2 = find_tool("black-forest-labs", "flux-2-flex-t2i")
-
-
-@pytest.fixture(scope="session")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> BackendCache:
-    cache = BackendCache(BackendOptions(models="tiny", models_dir=tmp_path_factory.mktemp("models")))
-    cache.get("flux1")
-    return cache
 
 
 @pytest.fixture
@@ -175,3 +170,96 @@ def test_a_gpu_out_of_memory_fails_that_task_frees_its_memory_and_the_next_succe
     monkeypatch.undo()
     _, ok = _submit(store)
     assert worker.run_once() and store.get_task(project.id, task_id=ok.id).pexit == 0
+
+
+# -- the event bus: wake-ups, kills and previews ---------------------------------------------
+class RunningWorker:
+    """``run_forever`` in a thread, as ``fluxrun worker`` runs it."""
+
+    def __init__(self, store: TaskStore, backends: BackendCache, data_dir: Path, **settings) -> None:
+        self.settings = Settings(data_dir=data_dir, **settings)
+        self.worker = Worker(self.settings, store, LocalStorage(self.settings.outputs_dir), backends, "test/bus")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.worker.run_forever, args=(self.stop,))
+
+    def __enter__(self) -> RunningWorker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def _wait_until(store: TaskStore, project, task_id: int, done, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not done(current := store.get_task(project.id, task_id=task_id)):
+        assert time.monotonic() < deadline, current
+        time.sleep(0.02)
+    return current
+
+
+def test_an_idle_worker_starts_a_new_task_on_its_wake_up_not_its_poll(
+    store: TaskStore, backends: BackendCache, tmp_path: Path
+) -> None:
+    # The fallback poll is 30 s away: only the queued event can start the task before.
+    with RunningWorker(store, backends, tmp_path, idle_poll_seconds=30.0):
+        time.sleep(1.0)  # the worker found the queue empty and sleeps
+        project, task = _submit(store)
+        done = _wait_until(store, project, task.id, lambda t: t.status.terminal)
+    assert done.pexit == 0, done.debugerror
+    assert done.accepttime - done.createtime < 15, "started by the fallback poll, not by the event"
+
+
+def test_a_kill_heard_on_the_bus_stops_a_backend_that_waits_without_steps(
+    store: TaskStore, backends: BackendCache, tmp_path: Path, monkeypatch
+) -> None:
+    seen: list[str] = []
+
+    def remote_wait(request, job):  # a remote API: polls, no denoising steps
+        for _ in range(1500):
+            try:
+                job.check()
+            except TaskStopped:
+                seen.append("stopped")
+                raise
+            time.sleep(0.01)
+        seen.append("ran out")
+        return []
+
+    monkeypatch.setattr(backends.get("flux1"), "generate", remote_wait)
+    # A 60 s lease heartbeats every 20 s: the heartbeat cannot be what notices the kill.
+    with RunningWorker(store, backends, tmp_path, lease_seconds=60.0, idle_poll_seconds=30.0):
+        project, task = _submit(store)
+        _wait_until(store, project, task.id, lambda t: t.status is Status.START)
+        store.kill(project.id, task.id, time.time())
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert seen == ["stopped"]
+    assert store.get_task(project.id, task_id=task.id).status is Status.CANCEL
+
+
+def test_previews_go_out_on_the_bus_only_for_tasks_a_client_asked_about(
+    store: TaskStore, backends: BackendCache, tmp_path: Path
+) -> None:
+    subscription = store.events.subscribe()
+    try:
+        with RunningWorker(store, backends, tmp_path, idle_poll_seconds=30.0):
+            project, watched = _submit(store, steps=3)
+            store.events.publish(TaskEvent(watched.id, PREVIEW_WANTED, 0))
+            _, unwatched = _submit(store, steps=3)
+            _wait_until(store, project, unwatched.id, lambda t: t.status.terminal)
+        previews: dict[int, list[str]] = {watched.id: [], unwatched.id: []}
+        while (event := subscription.get(timeout=0.5)) is not None:
+            if event.type == TASK_PREVIEW:
+                previews[event.task_id].append(event.message)
+    finally:
+        subscription.close()
+    assert previews[unwatched.id] == []
+    assert previews[watched.id], "no preview of the watched task"
+    for data in previews[watched.id]:
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert image.format == "JPEG" and max(image.size) <= 128
+

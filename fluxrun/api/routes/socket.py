@@ -1,0 +1,111 @@
+"""The WebSocket at ``/v1`` (SPEC.md section 5).
+
+A client registers with ``{"type": "task_info", "tasktoken": "<socketaccesstoken>"}``; the
+token alone authorises, as on the hosted service. It first gets the task's current status
+(at once the end, with the outputs, when the task already ended), then every event as it
+happens: ``{"type": EVENT, "id": taskid, "tasktoken": ..., "message": ..., "result": true}``.
+``message`` is null for a plain status change, the progress object for ``task_output``, an
+error line for ``task_error`` and the outputs (name, contenttype, size, url) for
+``task_postprocess_end``. One connection may watch many tasks; many may watch one.
+
+Beyond the hosted service: ``"preview": true`` in ``task_info`` asks for ``task_preview``
+messages while the task denoises, ``message`` = a small JPEG in base64 (at most 2 a second).
+
+A token that names no task gets ``{"type": "task_info", "tasktoken": ..., "message": "...",
+"result": false}`` and the connection is closed (code 1008); so is a message that is not a
+JSON object. Messages of other types are ignored, as the hosted service does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from fluxrun.api.events_hub import Connection, EventHub, parse_request
+from fluxrun.api.state import AppState
+
+router = APIRouter()
+log = logging.getLogger("fluxrun.api")
+
+REGISTER = "task_info"
+UNKNOWN_TOKEN = "There is no task with this tasktoken."
+NOT_JSON = 'Messages must be JSON objects, e.g. {"type":"task_info","tasktoken":"<socketaccesstoken>"}.'
+POLICY_VIOLATION = 1008
+
+
+@router.websocket("/v1")
+async def task_socket(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.fluxrun
+    hub: EventHub = websocket.app.state.fluxrun_hub
+    await websocket.accept()
+    connection = Connection(_http_base_url(state, websocket))
+    sender = asyncio.create_task(_send_all(websocket, connection))
+    refused = False
+    try:
+        while not refused:
+            received = await websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                break
+            request = parse_request(received.get("text") or received.get("bytes"))
+            if request is None:
+                _refuse(connection, None, NOT_JSON)
+                refused = True
+            elif request.get("type") == REGISTER:
+                refused = not await _register(state, hub, connection, request)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.disconnect(connection)
+        if refused:
+            await sender  # the error message goes out, then the close
+        else:
+            sender.cancel()
+
+
+async def _register(state: AppState, hub: EventHub, connection: Connection, request: dict[str, Any]) -> bool:
+    token = request.get("tasktoken")
+    task = await run_in_threadpool(state.store.task_by_token, token) if isinstance(token, str) else None
+    if task is None:
+        _refuse(connection, token, UNKNOWN_TOKEN)
+        return False
+    previews = request.get("preview") in (True, "true", "1", 1)
+    # Subscribe first, then read: an event in between is offered twice, never lost.
+    watch = hub.watch(connection, task, previews)
+    current = await run_in_threadpool(state.store.get_task, task.project_id, task_id=task.id)
+    if current is not None:
+        watch.offer_snapshot(current)
+        if previews and not current.status.terminal:
+            await run_in_threadpool(hub.request_previews, current)
+    return True
+
+
+def _refuse(connection: Connection, token: Any, reason: str) -> None:
+    connection.send({"type": REGISTER, "tasktoken": token if isinstance(token, str) else None,
+                     "message": reason, "result": False})
+    connection.close(POLICY_VIOLATION, reason[:120])
+
+
+async def _send_all(websocket: WebSocket, connection: Connection) -> None:
+    try:
+        while True:
+            item = await connection.queue.get()
+            if isinstance(item, tuple) and item[0] is Connection.CLOSE:
+                await websocket.close(code=item[1], reason=item[2])
+                return
+            await websocket.send_text(json.dumps(item, separators=(",", ":")))
+    except Exception as exc:  # the client went away; the receiving side cleans up
+        log.debug("WebSocket send ended: %s", exc)
+
+
+def _http_base_url(state: AppState, websocket: WebSocket) -> str:
+    """Output URLs are http(s) even though the socket is ws(s), as in Task/Detail."""
+    base = state.base_url(websocket)
+    if base.startswith("ws"):
+        base = "http" + base[2:]
+    return base
