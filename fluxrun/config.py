@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     idle_poll_seconds: float = Field(0.5, gt=0, description="how often an idle worker looks for work")
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
+    flux2_model: str = Field(
+        "dev",
+        description="FLUX.2 model of the local pipeline: dev | klein-4b | klein-9b | klein-base-4b | klein-base-9b, "
+        "a hub repo id or a local folder",
+    )
     cpu_offload: bool = False
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 

@@ -69,6 +69,7 @@ class BackendOptions:
     models_dir: Path  # where tiny models are built and kept
     device: str = "cpu"  # "cuda" | "cpu"
     flux1_base: str = "black-forest-labs/FLUX.1-dev"  # hub repo id or local folder
+    flux2_model: str = "dev"  # a FLUX.2 shortcut (dev, klein-4b, ...), hub repo id or local folder
     lora_sources: dict[str, str] = field(default_factory=dict)  # adapter name -> hub repo or local path
     cpu_offload: bool = False
 
