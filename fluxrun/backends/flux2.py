@@ -70,10 +70,23 @@ class Flux2Backend:
             if options.cpu_offload:
                 self.pipe.enable_model_cpu_offload()
             else:
-                self.pipe.to(self.device)
+                self._move_to_device(source)
             offload = " with model CPU offload" if options.cpu_offload else ""
             self.description = f"FLUX.2 [{family}] {source} bf16 on {self.device}{offload}{_distilled_note(self.pipe)}"
         self.pipe.set_progress_bar_config(disable=True)
+
+    def _move_to_device(self, source: str) -> None:
+        import torch
+
+        try:
+            self.pipe.to(self.device)
+        except torch.OutOfMemoryError as exc:  # [dev] alone is a 32B transformer and a 24B text encoder
+            del self.pipe
+            torch.cuda.empty_cache()
+            raise BackendUnavailable(
+                f"{source} does not fit in this GPU's memory: set FLUXRUN_CPU_OFFLOAD=true, or choose a smaller "
+                f"model with {SETTING} (klein-4b, klein-9b)."
+            ) from exc
 
     @staticmethod
     def _family(source: str) -> str:

@@ -153,3 +153,20 @@ def test_unreachable_weights_give_an_actionable_message(tmp_path: Path, monkeypa
     message = str(caught.value)
     assert "black-forest-labs/FLUX.2-dev" in message and "FLUXRUN_FLUX2_MODEL" in message
     assert "not in the local Hugging Face cache" in message
+
+
+def test_a_model_too_big_for_the_gpu_says_what_to_do(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 120.00 MiB")
+
+    monkeypatch.setattr(DiffusionPipeline, "to", out_of_memory)  # what moving [dev] to an 80 GB GPU does
+    folder = ensure_tiny_flux2(models, "dev")
+    with pytest.raises(BackendUnavailable) as caught:
+        Flux2Backend(BackendOptions(models="real", models_dir=models, device="cuda", flux2_model=str(folder)))
+    assert str(caught.value) == (
+        f"{folder} does not fit in this GPU's memory: set FLUXRUN_CPU_OFFLOAD=true, or choose a smaller model "
+        "with FLUXRUN_FLUX2_MODEL (klein-4b, klein-9b)."
+    )
