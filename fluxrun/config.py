@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
+    flux2_model: str = Field(
+        "dev",
+        description="FLUX.2 model of the local pipeline: dev | klein-4b | klein-9b | klein-base-4b | klein-base-9b, "
+        "a hub repo id or a local folder",
+    )
     cpu_offload: bool = False
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps: where a worker runs its models")
     compile: bool = Field(False, description="torch.compile the transformer's repeated blocks; LoRAs then hotswap")

@@ -94,6 +94,7 @@ class BackendOptions:
     models_dir: Path  # where tiny models are built and kept
     device: str = "cpu"  # "cuda" | "cpu"
     flux1_base: str = "black-forest-labs/FLUX.1-dev"  # hub repo id or local folder
+    flux2_model: str = "dev"  # a FLUX.2 shortcut (dev, klein-4b, ...), hub repo id or local folder
     # adapter name -> hub repo, folder or .safetensors file; overrides a tool spec's default source
     lora_sources: dict[str, str] = field(default_factory=dict)
     cpu_offload: bool = False

@@ -58,10 +58,9 @@ def load_backend(name: str, options: BackendOptions) -> Backend:
 
         return PartnerBackend(options)
     if name == "flux2":
-        raise BackendUnavailable(
-            "The local FLUX.2 pipeline is not part of this fluxrun version yet, and no partner relay is "
-            "configured: this tool cannot run on this server."
-        )
+        from fluxrun.backends.flux2 import Flux2Backend
+
+        return Flux2Backend(options)
     raise BackendUnavailable(f"No backend named {name!r} in this fluxrun version.")
 
 

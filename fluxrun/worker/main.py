@@ -45,6 +45,7 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
         models_dir=settings.models_dir,
         device=device,
         flux1_base=settings.flux1_base,
+        flux2_model=settings.flux2_model,
         lora_sources=settings.lora_sources(),
         cpu_offload=settings.cpu_offload,
         compile=settings.compile,

@@ -152,5 +152,7 @@ class SeedCurl:
             command = command.replace(old, new)
         script = prepare_block(self.seed, self.server.key, self.server.secret) + "\n" + command
         done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        # `date +%s` may have run in the next second already: the next call waits past this one too.
+        self.server.last_seed_second = int(time.time())
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

@@ -83,17 +83,32 @@ def test_pixel_art_seed_lines_end_to_end(server: Server) -> None:
         assert code == "404", path
 
 
-def test_flux2_seed_lines_end_clearly_without_a_local_pipeline(server: Server) -> None:
+def test_flux2_seed_lines_end_to_end_on_the_local_pipeline(server: Server) -> None:
     curl = SeedCurl(server, FLUX2_SEED)
-    run = curl.run(curl.line("/v1/Run/black-forest-labs/flux-2-flex-t2i"), {'"prompt": ""': '"prompt": "a lighthouse"'})
+    # The seed's own Run line, with a prompt and a small, quick image.
+    run = curl.run(curl.line("/v1/Run/black-forest-labs/flux-2-flex-t2i"), {
+        '"prompt": ""': '"prompt": "a lighthouse"', '"width": 1024': '"width": 256', '"height": 1024': '"height": 192',
+        '"steps": 50': '"steps": 2',
+    })
     assert run["result"] is True, run
     task = server.wait_for(run["taskid"])
-    assert task["status"] == "task_postprocess_end" and task["pexit"] == "1"
-    assert "FLUX.2" in task["debugerror"] and task["outputs"] == [] and task["totalcost"] == "0"
+    assert task["status"] == "task_postprocess_end" and task["pexit"] == "0", (task, server.log()[-6000:])
+    assert task["debugerror"] == "" and "FLUX.2 [dev] tiny random-weight" in task["debugoutput"]
+    assert Decimal(task["totalcost"]) == Decimal(task["cps"]) * Decimal(task["elapsedseconds"])
+    [output] = task["outputs"]
+    assert output["name"] == "0.png" and output["contenttype"] == "image/png"
+    download = httpx.get(output["url"])
+    assert download.status_code == 200 and download.headers["content-type"] == "image/png"
+    assert int(output["size"]) == len(download.content)
+    image = Image.open(io.BytesIO(download.content))
+    assert image.format == "PNG" and image.size == (256, 192)
+
     by_id = curl.run(curl.line("/v1/Task/Detail", 0), {'"taskid": "2221"': f'"taskid": "{run["taskid"]}"'})
     by_token = curl.run(curl.line("/v1/Task/Detail", 1), {SEED_TOKEN: run["socketaccesstoken"]})
+    assert by_id["result"] and by_token["result"], (by_id, by_token)
     assert by_id["tasklist"][0]["id"] == by_token["tasklist"][0]["id"] == run["taskid"]
-    assert by_id["tasklist"][0]["parameters"]["prompt"] == "a lighthouse"
+    parameters = by_id["tasklist"][0]["parameters"]
+    assert parameters["prompt"] == "a lighthouse" and parameters["seed"] == "123" and parameters["guidance"] == "4.5"
 
 
 def test_cancel_queued_and_kill_running_with_the_seed_lines(server: Server) -> None:

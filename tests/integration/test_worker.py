@@ -1,4 +1,4 @@
-"""The worker in-process, on both stores, with the tiny FLUX.1 pipeline."""
+"""The worker in-process, on both stores, with the tiny FLUX.1 and FLUX.2 pipelines."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fluxrun.backends.registry import BackendCache
+from fluxrun.backends.tiny import ensure_tiny_flux1
 from fluxrun.config import Settings
 from fluxrun.errors import TaskStopped
 from fluxrun.status import Status
@@ -58,13 +59,35 @@ def test_a_task_walks_every_status_and_writes_its_files(worker: Worker, store: T
     assert not worker.run_once()
 
 
-def test_a_tool_without_a_backend_fails_clearly_and_the_worker_goes_on(worker: Worker, store: TaskStore) -> None:
+def test_the_flux2_tool_runs_locally_and_writes_a_jpeg(worker: Worker, store: TaskStore) -> None:
+    project, task = _submit(store, FLUX2, width=192, height=128, outputFormat="jpeg")
+    assert worker.run_once()
+    done = store.get_task(project.id, task_id=task.id)
+    assert done.status is Status.POSTPROCESS_END and done.pexit == 0, done.debugerror
+    assert "FLUX.2 [dev] tiny random-weight" in done.debugoutput
+    assert done.progress["stepCurrent"] == "2" and done.progress["stepTotal"] == "2"
+    [output] = done.outputs
+    assert output.name == "0.jpeg" and output.content_type == "image/jpeg"
+    data = worker.storage.path(done.output_key, output.name).read_bytes()
+    assert len(data) == output.size
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG" and image.size == (192, 128)
+
+
+def test_a_backend_that_cannot_load_fails_its_task_clearly_and_the_worker_goes_on(
+    store: TaskStore, tmp_path: Path
+) -> None:
+    # Real mode: FLUX.1 from a local folder (the tiny one), FLUX.2 from a folder that is not there.
+    options = BackendOptions(models="real", models_dir=tmp_path / "models",
+                             flux1_base=str(ensure_tiny_flux1(tmp_path / "models")), flux2_model="/no/flux2/here")
+    settings = Settings(data_dir=tmp_path, lease_seconds=5.0)
+    worker = Worker(settings, store, LocalStorage(settings.outputs_dir), BackendCache(options), worker_id="test/2")
     project, flux2 = _submit(store, FLUX2)
     _, pixel = _submit(store)
     assert worker.run_once() and worker.run_once()
     failed = store.get_task(project.id, task_id=flux2.id)
-    assert failed.status is Status.POSTPROCESS_END and failed.pexit == 1
-    assert "FLUX.2" in failed.debugerror and failed.outputs == ()
+    assert failed.status is Status.POSTPROCESS_END and failed.pexit == 1 and failed.outputs == ()
+    assert failed.debugerror == "FLUXRUN_FLUX2_MODEL: /no/flux2/here is not a folder."
     assert store.get_task(project.id, task_id=pixel.id).pexit == 0
 
 
