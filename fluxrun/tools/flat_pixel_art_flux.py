@@ -1,14 +1,15 @@
 """desertPixel/Flat-Pixel-Art-FLUX: FLUX.1-dev with the Flat Pixel Art LoRA.
 
 Inputs exactly as the seed page lists them (name, label, help, type, default); the ranges
-are ours: the seed gives none.
+are ours: the seed gives none. After the seed's seven come ours: the optional
+pixel-perfect pass (off by default, so the tool behaves as the hosted one unless asked).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from fluxrun.tools.spec import InputSpec, ToolSpec
+from fluxrun.tools.spec import InputSpec, Option, ToolSpec
 
 DEFAULT_PROMPT = (
     "Frozen tundra with ice crystals and northern lights in sky., magical psychedelic detailed "
@@ -43,5 +44,19 @@ TOOL = ToolSpec(
                   min=64, max=2048, step=16, multiple_of=16),
         InputSpec("height", "height", "height-help", "number", "1024", "int", role="height",
                   min=64, max=2048, step=16, multiple_of=16),
+        InputSpec("pixelPerfect", "Pixel-perfect",
+                  "On: find the image's pixel grid, give every pixel one flat colour and keep at most "
+                  "the palette size in colours. Off: the model's image as it is.",
+                  "select", "off", "choice", role="pixel_perfect",
+                  options=(Option("off", "Off"), Option("on", "On"))),
+        InputSpec("paletteSize", "Palette size",
+                  "With pixel-perfect on: the most colours the image may use (2 to 64). Near-identical "
+                  "colours are merged, so it may use fewer.",
+                  "number", "16", "int", role="palette_size", min=2, max=64, step=1),
+        InputSpec("pixelOutput", "Pixel output",
+                  "With pixel-perfect on: Upscaled gives crisp square pixels at about the requested "
+                  "size; Sprite gives the art at its own resolution, one image pixel per art pixel.",
+                  "select", "upscaled", "choice", role="pixel_output",
+                  options=(Option("upscaled", "Upscaled"), Option("sprite", "Sprite"))),
     ),
 )
