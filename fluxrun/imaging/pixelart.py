@@ -388,8 +388,12 @@ def srgb_to_oklab(rgb: np.ndarray) -> np.ndarray:
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 is the same for every centre.
-    return np.argmin((centres**2).sum(axis=1)[None, :] - 2.0 * points @ centres.T, axis=1)
+    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 is the same for every centre. The dot
+    # product is spelt out: a BLAS call for three columns costs more than it saves.
+    distances = (centres**2).sum(axis=1)[None, :]
+    for axis in range(points.shape[1]):
+        distances = distances - 2.0 * points[:, axis, None] * centres[None, :, axis]
+    return np.argmin(distances, axis=1)
 
 
 def _kmeans(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
