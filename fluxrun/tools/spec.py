@@ -26,7 +26,7 @@ Role = Literal[
     "prompt", "width", "height", "steps", "guidance", "seed", "samples", "output_format",
     "pixel_perfect", "palette_size", "pixel_output",
 ]
-_PIXEL_PASS_ROLES = {"pixel_perfect": "switch", "palette_size": "palette_size", "pixel_output": "output"}
+_PIXEL_PASS_FIELDS = {"palette_size": "palette_size", "pixel_output": "output"}  # role -> PixelArtPass field
 
 MAX_SEED = 2**32 - 1
 
@@ -152,14 +152,17 @@ class ToolSpec:
     def to_request(self, params: Mapping[str, Any]) -> GenerationRequest:
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
+        pixel_on = False
         pixel: dict[str, Any] = {}
         for spec in self.inputs:
             if spec.name not in params:
                 continue
             if spec.role is None:
                 extra[spec.name] = params[spec.name]
-            elif spec.role in _PIXEL_PASS_ROLES:
-                pixel[_PIXEL_PASS_ROLES[spec.role]] = params[spec.name]
+            elif spec.role == "pixel_perfect":
+                pixel_on = params[spec.name] == "on"
+            elif spec.role in _PIXEL_PASS_FIELDS:
+                pixel[_PIXEL_PASS_FIELDS[spec.role]] = params[spec.name]
             else:
                 fields[spec.role] = params[spec.name]
         return GenerationRequest(
@@ -168,15 +171,9 @@ class ToolSpec:
             lora=self.lora,
             trigger_words=self.trigger_words,
             extra=extra,
-            pixel_pass=_pixel_pass(pixel),
+            pixel_pass=PixelArtPass(**pixel) if pixel_on else None,
             **fields,
         )
-
-
-def _pixel_pass(values: dict[str, Any]) -> PixelArtPass | None:
-    if values.pop("switch", None) != "on":
-        return None
-    return PixelArtPass(**values)
 
 
 def _is_empty(raw: Any) -> bool:
