@@ -7,7 +7,18 @@ for FLUX.2) onto this one shape, so backends never read wire field names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
+
+PixelOutput = Literal["upscaled", "sprite"]
+
+
+@dataclass(frozen=True)
+class PixelArtPass:
+    """The pixel-perfect pass, asked for: the worker snaps each image to its pixel grid,
+    gives every cell one colour and keeps at most ``palette_size`` colours."""
+
+    palette_size: int = 16
+    output: PixelOutput = "upscaled"  # "sprite": one image pixel per cell
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,7 @@ class GenerationRequest:
     lora: str | None = None  # adapter name over the backend's base model, if the tool has one
     trigger_words: str | None = None  # added to the prompt when absent
     extra: Mapping[str, Any] = field(default_factory=dict)  # tool-specific passthrough
+    pixel_pass: PixelArtPass | None = None  # run on the images after generation, if asked
 
     def image_seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.samples)]

@@ -14,13 +14,19 @@ from decimal import Decimal
 from typing import Any, Literal, Mapping
 
 from fluxrun.errors import ValidationError
-from fluxrun.tools.request import GenerationRequest
+from fluxrun.tools.request import GenerationRequest, PixelArtPass
 
 # How a value is read: the seeds' `type` says how the form shows it, not how to parse it
 # (the pixel-art seed is a "text" input holding an integer).
 Kind = Literal["string", "int", "float", "seed", "choice"]
-# The GenerationRequest field an input feeds; inputs without one land in `extra`.
-Role = Literal["prompt", "width", "height", "steps", "guidance", "seed", "samples", "output_format"]
+# The GenerationRequest field an input feeds; inputs without one land in `extra`. The
+# pixel_* roles feed the request's `pixel_pass` instead: any tool can offer the pass by
+# giving inputs these roles (pixel_perfect is a choice whose value "on" asks for it).
+Role = Literal[
+    "prompt", "width", "height", "steps", "guidance", "seed", "samples", "output_format",
+    "pixel_perfect", "palette_size", "pixel_output",
+]
+_PIXEL_PASS_FIELDS = {"palette_size": "palette_size", "pixel_output": "output"}  # role -> PixelArtPass field
 
 MAX_SEED = 2**32 - 1
 
@@ -147,11 +153,17 @@ class ToolSpec:
     def to_request(self, params: Mapping[str, Any]) -> GenerationRequest:
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
+        pixel_on = False
+        pixel: dict[str, Any] = {}
         for spec in self.inputs:
             if spec.name not in params:
                 continue
             if spec.role is None:
                 extra[spec.name] = params[spec.name]
+            elif spec.role == "pixel_perfect":
+                pixel_on = params[spec.name] == "on"
+            elif spec.role in _PIXEL_PASS_FIELDS:
+                pixel[_PIXEL_PASS_FIELDS[spec.role]] = params[spec.name]
             else:
                 fields[spec.role] = params[spec.name]
         return GenerationRequest(
@@ -160,6 +172,7 @@ class ToolSpec:
             lora=self.lora,
             trigger_words=self.trigger_words,
             extra=extra,
+            pixel_pass=PixelArtPass(**pixel) if pixel_on else None,
             **fields,
         )
 

@@ -286,3 +286,41 @@ def test_previews_go_out_on_the_bus_only_for_tasks_a_client_asked_about(
         image = Image.open(io.BytesIO(base64.b64decode(data)))
         assert image.format == "JPEG" and max(image.size) <= 128
 
+
+
+def _output(worker: Worker, store: TaskStore, project, task) -> tuple[bytes, str]:
+    done = store.get_task(project.id, task_id=task.id)
+    assert done.pexit == 0 and len(done.outputs) == 1, done.debugerror
+    return worker.storage.path(done.output_key, done.outputs[0].name).read_bytes(), done.debugoutput
+
+
+def test_pixel_perfect_on_gives_few_colours_in_crisp_blocks_or_a_sprite(worker: Worker, store: TaskStore) -> None:
+    project, upscaled_task = _submit(store, seed=5, pixelPerfect="on", paletteSize=6)
+    _, sprite_task = _submit(store, seed=5, pixelPerfect="on", paletteSize="6", pixelOutput="sprite")
+    assert worker.run_once() and worker.run_once()
+    upscaled_png, upscaled_notes = _output(worker, store, project, upscaled_task)
+    sprite_png, sprite_notes = _output(worker, store, project, sprite_task)
+    upscaled, sprite = Image.open(io.BytesIO(upscaled_png)), Image.open(io.BytesIO(sprite_png))
+
+    assert upscaled.format == sprite.format == "PNG"
+    assert len(upscaled.getcolors()) <= 6 and len(sprite.getcolors()) <= 6
+    assert max(sprite.size) <= 128  # one pixel per art pixel: small
+    # The upscale is the sprite, each pixel a uniform square block, at about the asked size.
+    scale = upscaled.width // sprite.width
+    assert scale > 1 and upscaled.size == (sprite.width * scale, sprite.height * scale)
+    assert abs(upscaled.width - 256) <= scale and abs(upscaled.height - 256) <= scale
+    assert upscaled.convert("RGB").tobytes() == sprite.convert("RGB").resize(upscaled.size, Image.NEAREST).tobytes()
+    for notes in (upscaled_notes, sprite_notes):
+        assert "pixel-perfect: " in notes and f"sprite {sprite.width}x{sprite.height}" in notes
+
+
+def test_pixel_perfect_off_leaves_the_image_as_it_was(worker: Worker, store: TaskStore) -> None:
+    project, plain = _submit(store, seed=11)
+    _, off = _submit(store, seed=11, pixelPerfect="off", paletteSize=4, pixelOutput="sprite")
+    assert worker.run_once() and worker.run_once()
+    plain_png, plain_notes = _output(worker, store, project, plain)
+    off_png, off_notes = _output(worker, store, project, off)
+    assert off_png == plain_png
+    image = Image.open(io.BytesIO(off_png))
+    assert image.size == (256, 256) and len(image.getcolors(256 * 256)) > 64
+    assert "pixel-perfect" not in plain_notes + off_notes

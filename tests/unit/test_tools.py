@@ -4,6 +4,7 @@ import pytest
 
 from fluxrun.errors import NotFoundError, ValidationError
 from fluxrun.tools.catalog import TOOLS, find_tool
+from fluxrun.tools.request import PixelArtPass
 
 PIXEL = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
 FLUX2 = find_tool("black-forest-labs", "flux-2-flex-t2i")
@@ -16,7 +17,7 @@ def _error(tool, body) -> ValidationError:
 
 
 def test_inputs_are_the_seeds() -> None:
-    assert [(i.name, i.label, i.help, i.type, i.default) for i in PIXEL.inputs][1:] == [
+    assert [(i.name, i.label, i.help, i.type, i.default) for i in PIXEL.inputs][1:7] == [
         ("samples", "numberofoutputs", "numberofoutputs-help", "number", "1"),
         ("steps", "inferencesteps", "inferencesteps-help", "number", "12"),
         ("scale", "guidancescale", "guidancescale-help", "float", "3"),
@@ -33,14 +34,15 @@ def test_inputs_are_the_seeds() -> None:
                                        "fluxrun/Realism-FLUX"]
     realism = TOOLS[2]
     assert (realism.backend, realism.lora) == (PIXEL.backend, "realism") and realism.lora != PIXEL.lora
-    assert [i.name for i in realism.inputs] == [i.name for i in PIXEL.inputs]
+    assert [i.name for i in realism.inputs] == [i.name for i in PIXEL.inputs][:7]  # the seed's seven
 
 
 def test_seed_run_body_validates_with_strings_for_numbers() -> None:
     params = PIXEL.validate({"prompt": "a cat", "samples": 1, "steps": 12, "scale": "3", "seed": "71942193",
                              "width": 1024, "height": 1024, "callbackUrl": "You can provide..."})
     assert params == {"prompt": "a cat", "samples": 1, "steps": 12, "scale": 3.0, "seed": 71942193,
-                      "width": 1024, "height": 1024}
+                      "width": 1024, "height": 1024,
+                      "pixelPerfect": "off", "paletteSize": 16, "pixelOutput": "upscaled"}
 
 
 def test_defaults_fill_missing_inputs() -> None:
@@ -73,6 +75,11 @@ def test_empty_seed_is_random_and_recorded(raw) -> None:
         (FLUX2, {"prompt": "x", "outputFormat": "gif"}, "outputFormat", "one of jpeg, png"),
         (FLUX2, {"prompt": "x", "width": 2048, "height": 4096, "steps": 1}, "width", "at most 4194304 pixels"),
         (FLUX2, {"prompt": "x", "safetyTolerance": 7}, "safetyTolerance", "between 0 and 6"),
+        (PIXEL, {"prompt": "x", "pixelPerfect": "yes"}, "pixelPerfect", "one of off, on"),
+        (PIXEL, {"prompt": "x", "paletteSize": 1}, "paletteSize", "between 2 and 64 (got 1)"),
+        (PIXEL, {"prompt": "x", "paletteSize": "65"}, "paletteSize", "between 2 and 64 (got 65)"),
+        (PIXEL, {"prompt": "x", "paletteSize": "lots"}, "paletteSize", "integer"),
+        (PIXEL, {"prompt": "x", "pixelOutput": "gif"}, "pixelOutput", "one of upscaled, sprite"),
     ],
 )
 def test_errors_name_the_field_and_the_rule(tool, body, field, rule) -> None:
@@ -89,6 +96,29 @@ def test_to_request_maps_roles() -> None:
     assert request.image_seeds() == [7, 8]
     flux2 = FLUX2.to_request(FLUX2.validate({"prompt": "x", "outputFormat": "JPEG", "seed": 123}))
     assert flux2.output_format == "jpeg" and flux2.extra == {"safetyTolerance": 2} and flux2.seed == 123
+
+
+def test_the_pixel_perfect_inputs_come_after_the_seeds_and_default_to_off() -> None:
+    added = PIXEL.inputs[7:]
+    assert [(i.name, i.type, i.default) for i in added] == [
+        ("pixelPerfect", "select", "off"), ("paletteSize", "number", "16"), ("pixelOutput", "select", "upscaled"),
+    ]
+    assert [o.value for o in PIXEL.input("pixelPerfect").options] == ["off", "on"]
+    assert [o.value for o in PIXEL.input("pixelOutput").options] == ["upscaled", "sprite"]
+    assert (PIXEL.input("paletteSize").min, PIXEL.input("paletteSize").max) == (2, 64)
+    # Labels and help a person reads, not the seed's translation keys.
+    assert all(i.label[0].isupper() and " " in i.help and not i.help.endswith("-help") for i in added)
+
+
+def test_the_pixel_perfect_pass_is_asked_for_only_when_on() -> None:
+    off = PIXEL.to_request(PIXEL.validate({"prompt": "x", "paletteSize": 8, "pixelOutput": "sprite"}))
+    assert off.pixel_pass is None and off.extra == {}
+    on = PIXEL.to_request(PIXEL.validate({"prompt": "x", "pixelPerfect": "On", "paletteSize": "8",
+                                          "pixelOutput": "sprite"}))
+    assert on.pixel_pass == PixelArtPass(palette_size=8, output="sprite") and on.extra == {}
+    defaults = PIXEL.to_request(PIXEL.validate({"prompt": "x", "pixelPerfect": "on"}))
+    assert defaults.pixel_pass == PixelArtPass(palette_size=16, output="upscaled")
+    assert FLUX2.to_request(FLUX2.validate({"prompt": "x"})).pixel_pass is None
 
 
 def test_unknown_tool() -> None:
