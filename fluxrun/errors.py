@@ -19,6 +19,8 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     TaskFailed         ends one task; its message is the task's debugerror, word for word
     ├── BackendUnavailable  a backend cannot be loaded here (no weights, no token, offline)
     ├── OutOfMemory         the GPU ran out of memory on this task; the worker freed it, goes on
+    ├── StorageUnavailable  the output storage cannot be reached or written (no such bucket,
+    │                       access denied, endpoint unreachable); names the setting and the cause
     └── PartnerError        the partner API (the model maker's) could not make the image:
         │                   no credits, a request it rejected, an error on its side, no
         │                   answer before the task's deadline
@@ -107,3 +109,11 @@ class GenerationRefused(PartnerError):
 
 class OutOfMemory(TaskFailed):
     """The GPU ran out of memory on this task; the memory was released and the worker goes on."""
+
+
+class StorageUnavailable(TaskFailed):
+    """The output storage cannot be reached or written: one line naming the setting and the cause.
+
+    Raised by a storage's ``check()`` (the API refuses to start; a worker says so at start) and
+    by ``put()``, where it ends the task whose files could not be stored.
+    """
