@@ -32,7 +32,7 @@ MAX_ATTEMPTS = 3
 # Written and deleted by check(); one fixed name, so repeated checks never pile objects up.
 PROBE_NAME = ".fluxrun-write-check"
 
-_CREDENTIALS_HELP = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance's role")
+_CREDENTIALS_HELP = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance's role"
 _REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                         "InvalidClientTokenId", "TokenRefreshRequired"}
 _WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
@@ -148,25 +148,26 @@ class S3Storage(OutputStorage):
 
     def _explain(self, exc: Exception, doing: str) -> str:
         """One line: the setting to look at, what was wrong, and what the store said."""
-        bucket, endpoint = self.bucket, self.client.meta.endpoint_url
+        bucket, endpoint = f"bucket {self.bucket!r}", self.client.meta.endpoint_url
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            return f"FLUXRUN_S3_BUCKET: no usable AWS credentials for bucket {bucket!r} ({exc}): set {_CREDENTIALS_HELP}"
+            return f"FLUXRUN_S3_BUCKET: no usable AWS credentials for {bucket} ({exc}): set {_CREDENTIALS_HELP}"
         if isinstance(exc, (BotoConnectionError, HTTPClientError)):
             setting = "FLUXRUN_S3_ENDPOINT_URL" if self.endpoint_url else "FLUXRUN_S3_REGION"
             return f"{setting}: cannot reach the S3 endpoint {endpoint} while {doing} ({exc})"
-        if isinstance(exc, ClientError):
-            code, said = _code(exc), _said(exc)
-            if code == "NoSuchBucket":
-                return f"FLUXRUN_S3_BUCKET: there is no bucket {bucket!r} at {endpoint} ({said}): create it or fix the name"
-            if code in _REFUSED_CREDENTIALS:
-                return f"FLUXRUN_S3_BUCKET: the store at {endpoint} refused the AWS credentials ({said}): check {_CREDENTIALS_HELP}"
-            if code in _WRONG_REGION:
-                return f"FLUXRUN_S3_REGION: bucket {bucket!r} is in another region than {endpoint} ({said}): set its region"
-            if code in ("AccessDenied", "AllAccessDisabled", "403"):
-                return (f"FLUXRUN_S3_BUCKET: access denied to bucket {bucket!r} at {endpoint} while {doing} ({said}): "
-                        f"the credentials ({_CREDENTIALS_HELP}) need s3:PutObject on {self.prefix or '/'}*")
-            return f"FLUXRUN_S3_BUCKET: bucket {bucket!r} at {endpoint} failed while {doing} ({said})"
-        return f"FLUXRUN_S3_BUCKET: bucket {bucket!r} at {endpoint}: {doing} failed ({exc})"
+        if not isinstance(exc, ClientError):
+            return f"FLUXRUN_S3_BUCKET: {bucket} at {endpoint}: {doing} failed ({exc})"
+        code, said = _code(exc), _said(exc)
+        if code == "NoSuchBucket":
+            return f"FLUXRUN_S3_BUCKET: there is no {bucket} at {endpoint} ({said}): create it or fix the name"
+        if code in _REFUSED_CREDENTIALS:
+            return (f"FLUXRUN_S3_BUCKET: the store at {endpoint} refused the AWS credentials ({said}): "
+                    f"check {_CREDENTIALS_HELP}")
+        if code in _WRONG_REGION:
+            return f"FLUXRUN_S3_REGION: {bucket} is in another region than {endpoint} ({said}): set its region"
+        if code in ("AccessDenied", "AllAccessDisabled", "403"):
+            return (f"FLUXRUN_S3_BUCKET: access denied to {bucket} at {endpoint} while {doing} ({said}): "
+                    f"the credentials ({_CREDENTIALS_HELP}) need s3:PutObject on {self.prefix or '/'}*")
+        return f"FLUXRUN_S3_BUCKET: {bucket} at {endpoint} failed while {doing} ({said})"
 
 
 def _code(exc: ClientError) -> str:
