@@ -79,11 +79,12 @@ def serve(
     from fluxrun.supervisor import WorkerSupervisor
 
     store = _open_store(settings, migrate=True)
-    _announce(settings, store, with_workers=True)
+    storage = _open_output_storage(settings)  # before any worker starts: nothing to clean up
+    _announce(settings, store, storage, with_workers=True)
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
-        _serve_api(settings, store)
+        _serve_api(settings, store, storage)
     finally:
         supervisor.stop()
         store.close()
@@ -101,9 +102,10 @@ def api(
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, public_url=public_url)
     _logging()
     store = _open_store(settings, migrate=True)
-    _announce(settings, store, with_workers=False)
+    storage = _open_output_storage(settings)
+    _announce(settings, store, storage, with_workers=False)
     try:
-        _serve_api(settings, store)
+        _serve_api(settings, store, storage)
     finally:
         store.close()
 
@@ -120,24 +122,38 @@ def worker(
     run_worker(settings)
 
 
-def _serve_api(settings: Any, store: Any) -> None:
+def _open_output_storage(settings: Any) -> Any:
+    """The output storage (local files or S3), checked writable; else one line and exit."""
+    from rich.markup import escape
+
+    from fluxrun.errors import EXIT_CONFIG, StorageUnavailable
+    from fluxrun.storage import open_storage
+
+    storage = open_storage(settings)
+    try:
+        storage.check()
+    except StorageUnavailable as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    return storage
+
+
+def _serve_api(settings: Any, store: Any, storage: Any) -> None:
     import uvicorn
 
     from fluxrun.api.app import create_app
-    from fluxrun.storage.local import LocalStorage
 
-    storage = LocalStorage(settings.outputs_dir)
-    storage.check()
     uvicorn.run(create_app(settings, store, storage), host=settings.host, port=settings.port, log_level="info")
 
 
-def _announce(settings: Any, store: Any, with_workers: bool) -> None:
+def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> None:
     from fluxrun.credentials import ensure_first_project
 
     base_url = settings.effective_public_url
     first = ensure_first_project(store, settings.credentials_path, base_url)
     console.print(f"[bold]fluxrun[/bold] at {base_url}  (data: {settings.data_dir.resolve()})")
     console.print(f"database: {settings.effective_database_url.split('@')[-1]}")
+    console.print(f"outputs: {storage.describe()}")
     if first:
         console.print("[bold green]Created the first project.[/bold green] Its credentials:")
         console.print(f"  API key:    {first.project.api_key}")

@@ -12,12 +12,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxrun.netguard import Allowlist
 
 ModelsMode = Literal["auto", "tiny", "real"]
+S3UrlMode = Literal["presigned", "public"]
+S3Addressing = Literal["auto", "path", "virtual"]
+# SigV4 presigned URLs live at most 7 days; S3 refuses a longer X-Amz-Expires.
+S3_MAX_PRESIGN_SECONDS = 604800
 _LORA_ENV = re.compile(r"^FLUXRUN_LORA_([A-Z0-9_]+)$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -73,6 +77,19 @@ class Settings(BaseSettings):
     callback_retry_base_seconds: float = Field(1.0, gt=0, description="wait before the second try; doubles each try")
     callback_retry_max_seconds: float = Field(3600.0, gt=0, description="longest wait between two tries")
     callback_poll_seconds: float = Field(1.0, gt=0, description="how often a worker looks for due callbacks")
+    # Output files in an S3-compatible bucket when a bucket is set (else local files under
+    # data_dir). Credentials come the AWS way (AWS_* env, profiles, instance roles), never from here.
+    s3_bucket: str | None = Field(None, description="bucket for output files; setting it selects S3 storage")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO...); default AWS S3")
+    s3_prefix: str = Field("outputs/", description="key prefix of output objects in the bucket")
+    s3_region: str | None = Field(None, description="bucket region; default the AWS way (AWS_DEFAULT_REGION...)")
+    s3_url_mode: S3UrlMode = Field("presigned", description="presigned: signed GET URLs; public: public base URL + key")
+    s3_public_base_url: str | None = Field(
+        None, validate_default=True, description="public mode: URL in front of the bucket (a CDN); url = base + key"
+    )
+    s3_presign_seconds: int = Field(S3_MAX_PRESIGN_SECONDS, ge=1, le=S3_MAX_PRESIGN_SECONDS,
+                                    description="lifetime of presigned output URLs (at most 7 days)")
+    s3_addressing: S3Addressing = Field("auto", description="auto | path | virtual bucket addressing (MinIO: path)")
     # FLUXRUN_LORA_<NAME>=hub-repo-or-path, one per adapter; collected by lora_sources().
 
     @field_validator("database_url")
@@ -120,6 +137,40 @@ class Settings(BaseSettings):
     def callback_claim_seconds(self) -> float:
         """How long one try holds its delivery: past it, another deliverer may try again."""
         return 3 * self.callback_timeout_seconds + 5
+
+    @field_validator("s3_bucket", "s3_region")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        # FLUXRUN_S3_BUCKET= (empty) means local files, not a bucket with an empty name.
+        return (value or "").strip() or None
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        text = (value or "").strip().rstrip("/")
+        if not text:
+            return None
+        if not text.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:9000 for MinIO)")
+        return text
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_is_a_folder(cls, value: str) -> str:
+        # "outputs", "/outputs/" and "outputs/" all mean the folder outputs/; "" the bucket's root.
+        folder = value.strip().strip("/")
+        return f"{folder}/" if folder else ""
+
+    @field_validator("s3_public_base_url")
+    @classmethod
+    def _public_mode_has_a_base(cls, value: str | None, info: ValidationInfo) -> str | None:
+        text = (value or "").strip().rstrip("/")
+        if text and not text.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        if not text and info.data.get("s3_url_mode") == "public":
+            raise ValueError("required when FLUXRUN_S3_URL_MODE=public: the URL in front of the bucket that clients "
+                             "download from (e.g. https://cdn.example.com); or set FLUXRUN_S3_URL_MODE=presigned")
+        return text or None
 
     @property
     def effective_database_url(self) -> str:

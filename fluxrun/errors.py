@@ -22,6 +22,8 @@ Errors that never reach the wire as such (they end a task or a worker's claim):
     ├── OutOfMemory         the GPU ran out of memory on this task; the worker freed it, goes on
     ├── ImageWithheld       the safety classifier flagged a generated image: nothing is stored,
     │                       the message says which image, its score and the threshold
+    ├── StorageUnavailable  the output storage cannot be reached or written (no such bucket,
+    │                       access denied, endpoint unreachable); names the setting and the cause
     └── PartnerError        the partner API (the model maker's) could not make the image:
         │                   no credits, a request it rejected, an error on its side, no
         │                   answer before the task's deadline
@@ -123,3 +125,11 @@ class ImageWithheld(TaskFailed):
 class CallbackRefused(Exception):
     """A callback URL points where fluxrun will not send requests (loopback, private,
     link-local, metadata... or not http(s)); the message names the address and the rule."""
+
+
+class StorageUnavailable(TaskFailed):
+    """The output storage cannot be reached or written: one line naming the setting and the cause.
+
+    Raised by a storage's ``check()`` (the API refuses to start; a worker says so at start) and
+    by ``put()``, where it ends the task whose files could not be stored.
+    """

@@ -30,4 +30,9 @@ class OutputStorage(ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Raise if the storage cannot be written."""
+        """Raise errors.StorageUnavailable (one line naming the setting and the cause) if the
+        storage cannot be reached or written. The API calls it at start."""
+
+    def describe(self) -> str:
+        """Where the files go, for the operator's start-up lines."""
+        return type(self).__name__

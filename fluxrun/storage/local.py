@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from fluxrun.errors import StorageUnavailable
 from fluxrun.storage.base import OutputStorage, is_valid_address
 
 
@@ -40,7 +41,13 @@ class LocalStorage(OutputStorage):
         return f"{base_url.rstrip('/')}/files/{key}/{name}"
 
     def check(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        probe = self.root / ".write-check"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-check"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageUnavailable(f"FLUXRUN_DATA_DIR: cannot write output files under {self.root} ({exc})") from exc
+
+    def describe(self) -> str:
+        return f"local files under {self.root.resolve()}, served at /files"

@@ -11,8 +11,8 @@ from types import FrameType
 from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.registry import BackendCache, resolve_models_mode
 from fluxrun.config import Settings
-from fluxrun.errors import EXIT_CONFIG, BackendUnavailable
-from fluxrun.storage.local import LocalStorage
+from fluxrun.errors import EXIT_CONFIG, BackendUnavailable, StorageUnavailable
+from fluxrun.storage import open_storage
 from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
 from fluxrun.worker.callbacks import Deliverer
@@ -72,7 +72,14 @@ def run_worker(settings: Settings) -> None:
         log.warning(line)
 
     store = open_store(settings.effective_database_url)
-    storage = LocalStorage(settings.outputs_dir)
+    storage = open_storage(settings)
+    try:
+        storage.check()
+    except StorageUnavailable as exc:
+        # Not fatal: the store may be back soon. Until then each task fails with this same line.
+        log.error("output storage cannot be written: %s", exc)
+    else:
+        log.info("outputs: %s", storage.describe())
     worker_id = default_worker_id()
     stop = threading.Event()
     loading = threading.Event()

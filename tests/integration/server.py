@@ -33,6 +33,8 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, workers: int = 1, **settings: str) -> None:
+        """``settings``: environment variables of the server process, FLUXRUN_* settings or
+        others it reads (AWS_ACCESS_KEY_ID...); they win over the tests' own environment."""
         self.data_dir = data_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
