@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from PIL import Image
 
-from fluxrun.api.wire import task_wire
+from fluxrun.wire import task_wire
 from fluxrun.config import Settings
 from fluxrun.errors import StorageUnavailable
 from fluxrun.storage import LocalStorage, open_storage
