@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.registry import BackendCache
 from fluxrun.backends.tiny import ensure_tiny_flux1
 from fluxrun.config import Settings
