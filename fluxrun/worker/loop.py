@@ -66,14 +66,14 @@ class Worker:
         self.moderation = Moderation(
             settings.safety_model, backends.options.device, settings.unsafe_labels, settings.safety_default_tolerance
         )
-        # Called when a task with a callback URL leaves this worker's hands, so the callback
-        # goes out at once instead of at the deliverer's next poll.
+        # Called when a task with a callback URL leaves this worker's hands, and when the bus
+        # says a task ended anywhere, so a callback goes out at once, not at the next poll.
         self.on_callback_owed = on_callback_owed
         self._watcher: BusWatcher | None = None
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
-        with BusWatcher(self.store.events, stop) as watcher:
+        with BusWatcher(self.store.events, stop, on_task_end=self.on_callback_owed) as watcher:
             self._watcher = watcher
             try:
                 while not stop.is_set():

@@ -6,6 +6,8 @@ claim loop and the running task need to know at once:
   task starts within milliseconds of its Run instead of at the next poll;
 - the running task was killed: ``check()`` stops it now, not at its next progress write
   (this matters for backends waiting on something without steps);
+- a task ended anywhere (here, in another worker, or killed or cancelled through an API
+  process): wake the callback deliverer, whose delivery may now be due;
 - a client asked for live previews of a task (the API process says so on the bus, since
   it is not in the database): the task's previews are turned on, even if the request came
   before this worker claimed it.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fluxrun.status import Status
 from fluxrun.store.events import PREVIEW_WANTED, RESYNC, EventBus, Subscription
@@ -25,6 +28,7 @@ log = logging.getLogger("fluxrun.worker")
 
 LISTEN_WAIT_SECONDS = 1.0  # how often the listening thread looks at the stop flag
 _REMEMBERED_PREVIEWS = 1024
+_ENDS = frozenset({Status.CANCEL.value, Status.POSTPROCESS_END.value})
 
 
 class TaskSignals:
@@ -37,9 +41,10 @@ class TaskSignals:
 
 
 class BusWatcher:
-    def __init__(self, events: EventBus, stop: threading.Event) -> None:
+    def __init__(self, events: EventBus, stop: threading.Event, on_task_end: Callable[[], None] | None = None) -> None:
         self._events = events
         self._stop = stop
+        self._on_task_end = on_task_end
         self._closed = threading.Event()
         self.work = threading.Event()
         self._lock = threading.Lock()
@@ -97,7 +102,10 @@ class BusWatcher:
                     self._previews.popitem(last=False)
                 if self._current is not None and self._current.task_id == task_id:
                     self._current.previews = True
-        elif kind == Status.CANCEL.value:
-            with self._lock:
-                if self._current is not None and self._current.task_id == task_id:
-                    self._current.killed.set()
+        elif kind in _ENDS:
+            if kind == Status.CANCEL.value:
+                with self._lock:
+                    if self._current is not None and self._current.task_id == task_id:
+                        self._current.killed.set()
+            if self._on_task_end is not None:
+                self._on_task_end()

@@ -4,6 +4,7 @@ runs it on the tiny FLUX.1 pipeline, the deliverer POSTs to a real receiver on l
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,6 +164,29 @@ def test_a_cancelled_task_calls_back(rig: Rig) -> None:
     [request] = rig.receiver.requests
     assert rig.verify(request)["tasklist"][0]["status"] == "task_cancel"
     assert request.body == rig.detail_bytes(taskid)
+
+
+def test_a_cancel_through_the_api_is_called_back_at_once_by_an_idle_worker(
+    store: TaskStore, backends: BackendCache, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The task ends in the API process; the worker hears it on the bus and wakes its
+    # deliverer, which polls only once a minute here.
+    rig = _rig(store, backends, tmp_path, receiver, callback_poll_seconds=60, idle_poll_seconds=60)
+    monkeypatch.setattr(rig.worker, "run_once", lambda: False)  # it claims nothing: the task stays queued
+    stop = threading.Event()
+    loop = threading.Thread(target=rig.worker.run_forever, args=(stop,))
+    rig.deliverer.start()
+    loop.start()
+    try:
+        time.sleep(1.0)  # it listens
+        taskid = rig.run()
+        assert rig.post("/v1/Task/Cancel", {"taskid": taskid})["result"]
+        [request] = receiver.wait_for(1, timeout=30)
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+        rig.deliverer.stop()
+    assert rig.verify(request)["tasklist"][0]["status"] == "task_cancel"
 
 
 def test_failed_tries_are_retried_with_the_same_webhook_id(rig: Rig) -> None:
