@@ -14,6 +14,7 @@ from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
 from fluxrun.backends.latent_preview import flux1_preview
 from fluxrun.backends.lora import HotswapSlot, LoraSwitch, NamedAdapters, configured_sources
+from fluxrun.backends.seeded import StepEnd, each_seed
 from fluxrun.backends.tiny import ensure_tiny_flux1, ensure_tiny_lora
 from fluxrun.errors import BackendUnavailable
 from fluxrun.tools.request import GenerationRequest
@@ -72,20 +73,10 @@ class Flux1Backend:
 
         self.loras.activate(request.lora, job)
         prompt = with_trigger_words(request.prompt, request.trigger_words)
-        total = request.steps * request.samples
-        images: list[Image] = []
-        for index, seed in enumerate(request.image_seeds()):
-            done_before = index * request.steps
 
-            def step_end(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-                # Raising here (TaskStopped on a kill) leaves the pipeline at once: no VAE decode.
-                job.step(done_before + step + 1, total)
-                if job.wants_preview():  # only when a client watches, and throttled
-                    job.preview(flux1_preview(kwargs["latents"], request.height, request.width, pipe.vae_scale_factor))
-                return kwargs
-
+        def make(seed: int, step_end: StepEnd) -> Image:
             with torch.inference_mode():
-                result = self.pipe(
+                return self.pipe(
                     prompt=prompt,
                     width=request.width,
                     height=request.height,
@@ -94,10 +85,13 @@ class Flux1Backend:
                     generator=torch.Generator(self.device).manual_seed(seed),
                     max_sequence_length=TINY_MAX_SEQUENCE if self.tiny else REAL_MAX_SEQUENCE,
                     callback_on_step_end=step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                )
-            images.append(result.images[0])
-        return images
+                    callback_on_step_end_tensor_inputs=["latents"],  # what the preview reads
+                ).images[0]
+
+        def preview(pipe: Any, tensors: dict[str, Any]) -> Image:
+            return flux1_preview(tensors["latents"], request.height, request.width, pipe.vae_scale_factor)
+
+        return each_seed(request, job, make, preview)
 
 
 def with_trigger_words(prompt: str, trigger: str | None) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
+from fluxrun.backends.seeded import StepEnd, each_seed
 from fluxrun.backends.tiny_flux2 import ensure_tiny_flux2
 from fluxrun.errors import BackendUnavailable
 from fluxrun.tools.request import GenerationRequest
@@ -116,18 +117,9 @@ class Flux2Backend:
     def generate(self, request: GenerationRequest, job: Job) -> list[Image]:
         import torch
 
-        total = request.steps * request.samples
-        images: list[Image] = []
-        for index, seed in enumerate(request.image_seeds()):
-            done_before = index * request.steps
-
-            def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-                # Raising here (TaskStopped on a kill) leaves the pipeline at once: no VAE decode.
-                job.step(done_before + step + 1, total)
-                return kwargs
-
+        def make(seed: int, step_end: StepEnd) -> Image:
             with torch.inference_mode():
-                result = self.pipe(
+                return self.pipe(
                     prompt=request.prompt,
                     width=request.width,
                     height=request.height,
@@ -135,9 +127,9 @@ class Flux2Backend:
                     guidance_scale=request.guidance,
                     generator=torch.Generator(self.device).manual_seed(seed),
                     callback_on_step_end=step_end,
-                )
-            images.append(result.images[0])
-        return images
+                ).images[0]
+
+        return each_seed(request, job, make)
 
 
 def resolve_source(value: str) -> str:
