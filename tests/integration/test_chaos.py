@@ -3,11 +3,15 @@
 Two `fluxrun api` and three `fluxrun worker` processes on one PostgreSQL schema and one S3
 bucket (moto's server on loopback), as deploy/ lays them out on many hosts. 200 tasks are
 submitted across both APIs while a worker that holds a task is killed with SIGKILL every few
-seconds (and started again half a second later, as systemd's Restart=always would) and one
-API process is killed and restarted midway. Then, as a user and as an operator would see it:
+seconds (at least 3 s apart, and only while another worker is up: a worker takes seconds to
+load torch and its models again here) and started again half a second later, as systemd's
+Restart=always would; one API process is killed and restarted midway. Workers run with
+FLUXRUN_LEASE_SECONDS=2, so a killed attempt is re-queued within about 2.5 s; a task's last
+allowed attempt is never the one killed, so every task can succeed.
+Then, as a user and as an operator would see it:
 - every task ended, and ended once: terminal through both APIs and in the database, no lease
   left, the attempt count within FLUXRUN_MAX_ATTEMPTS and equal to its lost attempts + 1;
-  a WebSocket client on the other API saw exactly one end per task;
+  a WebSocket client on the API that stays up saw exactly one end per task;
 - every success has its files in the bucket, of the sizes Task/Detail says, and its
   presigned urls download them;
 - tasks whose worker was killed say "lost worker" in their debugoutput and still ended.
