@@ -7,13 +7,23 @@ LISTEN/NOTIFY (events_postgres.py).
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine, text
 
 from fluxrun.store.events_postgres import PostgresEventBus
 from fluxrun.store.sql import SqlTaskStore
+
+# The key of the transaction-scoped advisory lock that serialises migrations (any 64-bit
+# number; this one is b"fluxrun!" read as an integer). Advisory locks are per database, so
+# fluxrun instances in different schemas of one database migrate one after the other.
+_MIGRATION_LOCK = int.from_bytes(b"fluxrun!", "big", signed=True)
 
 
 class PostgresTaskStore(SqlTaskStore):
     def __init__(self, url: str) -> None:
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
         super().__init__(engine, PostgresEventBus(url, engine))
+
+    def _lock_schema(self, conn: Connection) -> None:
+        # Without it, two processes migrating at once both see an empty schema and the
+        # second fails on "relation already exists".
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})

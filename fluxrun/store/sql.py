@@ -111,9 +111,19 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
     def migrate(self) -> None:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
-        with self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        # Processes of a new release may start together, each migrating at start: the first
+        # migrates, the others wait for its transaction to commit and find the schema current.
+        # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_schema).
+        with self.engine.connect() as conn:
+            conn.execution_options(fluxrun_write=True)
+            with conn.begin():
+                self._lock_schema(conn)
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+
+    def _lock_schema(self, conn: Connection) -> None:
+        """Hold the database's migration lock until ``conn``'s transaction ends (SQLite's
+        BEGIN IMMEDIATE already is one)."""
 
     def ping(self) -> None:
         with self._read() as conn:

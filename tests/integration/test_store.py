@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +36,24 @@ def project(store: TaskStore):
 def test_migrate_twice_is_harmless(store: TaskStore) -> None:
     store.migrate()
     store.ping()
+
+
+def test_processes_starting_together_on_a_new_database_migrate_it_once(database_url: str, tmp_path: Path) -> None:
+    # Several `fluxrun api` processes of a new release may start at the same moment, each
+    # migrating at start: one migrates, the others wait for it and find the schema current.
+    # Processes, not threads: Alembic's migration context is process-global.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+    command = [sys.executable, "-m", "fluxrun", "db", "upgrade", "--database-url", database_url]
+    running = [subprocess.Popen([*command, "--data-dir", str(tmp_path / str(n))], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in range(3)]
+    outputs = [process.communicate(timeout=120)[0] for process in running]
+    assert [process.returncode for process in running] == [0, 0, 0], "\n".join(outputs)
+    store = open_store(database_url)
+    try:
+        store.migrate()  # already current
+        assert store.create_project("after", "apikey").name == "after"
+    finally:
+        store.close()
 
 
 def test_projects_keys_and_revocation(store: TaskStore) -> None:
