@@ -1,4 +1,4 @@
-"""The command line: serve | api | worker | keys | db."""
+"""The command line: serve | api | worker | workers | keys | db."""
 
 from __future__ import annotations
 
@@ -252,6 +252,52 @@ def keys_revoke(api_key: str, data_dir: DataDir = None, database_url: DatabaseUr
         console.print(f"[red]no active key {api_key}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {api_key}")
+
+
+@app.command("workers")
+def workers_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON")] = False,
+    every: Annotated[bool, typer.Option("--all", help="Also workers that stopped or are gone")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The worker registry: each worker's state, task, tools and GPU memory."""
+    import time
+
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    now = time.time()
+    shown = [w for w in store.list_workers() if every or w.live(now)]
+    rows = [
+        {
+            "id": w.id,
+            "state": w.state if w.live(now) or w.state == "stopped" else "gone",
+            "task": w.task_id,
+            "tools": list(w.tools),
+            "models": w.models,
+            "device": w.device,
+            "started_at": w.started_at,
+            "last_seen": w.last_seen,
+            "gpu_memory": None if w.gpu is None else {"allocated": w.gpu.allocated, "reserved": w.gpu.reserved,
+                                                      "total": w.gpu.total},
+        }
+        for w in shown
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("no live worker" + ("" if every else " (--all shows stopped and gone ones)"))
+        return
+    table = Table("worker", "state", "task", "tools", "models", "seen", "GPU memory (allocated / total)")
+    for row in rows:
+        gpu = row["gpu_memory"]
+        table.add_row(
+            row["id"], row["state"], str(row["task"] or ""), "\n".join(row["tools"]), f"{row['models']} on {row['device']}",
+            f"{now - row['last_seen']:.0f} s ago",
+            f"{gpu['allocated'] / 2**30:.1f} / {gpu['total'] / 2**30:.1f} GiB" if gpu else "",
+        )
+    wide = Console(width=10_000)  # tool slugs and ids are copied from here: never shortened
+    Console(width=Measurement.get(wide, wide.options, table).maximum).print(table)
 
 
 @db_app.command("upgrade")
