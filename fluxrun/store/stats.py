@@ -2,17 +2,19 @@
 
 Every API process answers a scrape from the database, so all of them report the same
 numbers for the shared queue. Two GROUP BY queries: unfinished tasks per tool and status
-(an index range on ix_tasks_claim), and finished tasks per tool, status and exit code with
-one SUM per histogram bucket (one pass over the finished tasks).
+(an index range on ix_tasks_claim), and finished tasks per tool, status, exit code and
+histogram bucket (one pass over the finished tasks; the buckets are made cumulative here).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import accumulate
+from typing import Any
 from contextlib import AbstractContextManager
 
-from sqlalchemy import Connection, Float, case, cast, func, select
+from sqlalchemy import Connection, case, func, literal_column, select
 
 from fluxrun.status import RUNNING, TERMINAL, Status
 from fluxrun.store.base import DurationHistogram, Outcome, TaskCounts
@@ -45,44 +47,42 @@ class StatsQueries:
         return {tool: TaskCounts(queued[tool], running[tool]) for tool in sorted({*queued, *running})}
 
     def duration_histograms(self, bounds: tuple[float, ...]) -> list[DurationHistogram]:
+        # elapsed for a success; else end - start, which is NULL when it never started: 0.
         ended = func.coalesce(tasks.c.postprocessendtime, tasks.c.canceltime)
-        duration = cast(
-            case(
-                (tasks.c.elapsed.is_not(None), tasks.c.elapsed),
-                (tasks.c.starttime.is_not(None), ended - tasks.c.starttime),
-                else_=0.0,
-            ),
-            Float,
+        duration = func.coalesce(tasks.c.elapsed, ended - tasks.c.starttime, _number(0.0))
+        # Each task's bucket: the index of the first bound it is within (len(bounds): above all).
+        # Constants are inlined, not bound, so PostgreSQL sees the same expression in GROUP BY.
+        bucket = case(
+            *[(duration <= _number(float(bound)), _number(index)) for index, bound in enumerate(bounds)],
+            else_=_number(len(bounds)),
         )
         query = (
-            select(
-                tasks.c.tool,
-                tasks.c.status,
-                tasks.c.pexit,
-                func.count(),
-                func.coalesce(func.sum(duration), 0.0),
-                *[func.sum(case((duration <= bound, 1), else_=0)) for bound in bounds],
-            )
+            select(tasks.c.tool, tasks.c.status, tasks.c.pexit, bucket, func.count(), func.sum(duration))
             .where(tasks.c.status.in_(_FINISHED))
-            .group_by(tasks.c.tool, tasks.c.status, tasks.c.pexit)
+            .group_by(tasks.c.tool, tasks.c.status, tasks.c.pexit, bucket)
         )
-        # (tool, outcome) -> [count, total seconds, bucket counts...]; exit codes fold together.
+        # (tool, outcome) -> [tasks per bucket..., total seconds]; exit codes fold together.
         sums: dict[tuple[str, Outcome], list[float]] = {}
         with self._read() as conn:
-            for tool, status, pexit, count, total, *under in conn.execute(query):
-                row = sums.setdefault((tool, _outcome(status, pexit)), [0.0] * (2 + len(bounds)))
-                for index, value in enumerate([count, total, *under]):
-                    row[index] += float(value or 0)
-        return [
-            DurationHistogram(
+            for tool, status, pexit, index, count, seconds in conn.execute(query):
+                row = sums.setdefault((tool, _outcome(status, pexit)), [0.0] * (len(bounds) + 2))
+                row[int(index)] += count
+                row[-1] += float(seconds or 0.0)
+        histograms = []
+        for (tool, outcome), row in sorted(sums.items()):
+            cumulative = list(accumulate(int(n) for n in row[:-1]))
+            histograms.append(DurationHistogram(
                 tool=tool,
                 outcome=outcome,
-                buckets=tuple(zip(bounds, (int(v) for v in row[2:]))),
-                count=int(row[0]),
-                total_seconds=row[1],
-            )
-            for (tool, outcome), row in sorted(sums.items())
-        ]
+                buckets=tuple(zip(bounds, cumulative[:-1])),
+                count=cumulative[-1],
+                total_seconds=row[-1],
+            ))
+        return histograms
+
+
+def _number(value: float | int) -> Any:
+    return literal_column(repr(value))
 
 
 def _outcome(status: str, pexit: int | None) -> Outcome:
