@@ -1,4 +1,4 @@
-"""The command line: serve | api | worker | keys | db."""
+"""The command line: serve | api | worker | workers | keys | db."""
 
 from __future__ import annotations
 
@@ -45,10 +45,11 @@ def _settings(**flags: Any) -> Any:
         raise typer.Exit(2) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; callbacks log their own outcome
+def _logging(settings: Any) -> None:
+    """The one place a process's logging is set up: text, or JSON lines (FLUXRUN_LOG_FORMAT)."""
+    from fluxrun import logs
+
+    logs.configure(settings.log_format)
 
 
 def _open_store(settings: Any, migrate: bool = False) -> Any:
@@ -75,7 +76,7 @@ def serve(
     """The API and its worker processes, on the embedded defaults (SQLite, ./data)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, models=models,
                          workers=workers, public_url=public_url, device=device)
-    _logging()
+    _logging(settings)
     from fluxrun.supervisor import WorkerSupervisor
 
     store = _open_store(settings, migrate=True)
@@ -84,7 +85,9 @@ def serve(
     supervisor = WorkerSupervisor(settings, settings.workers)
     supervisor.start()
     try:
-        _serve_api(settings, store, storage)
+        # A SIGTERM drains the API until the workers have finished their tasks (serving.py).
+        _serve_api(settings, store, storage, on_drain=supervisor.begin_stop, on_stop_now=supervisor.stop_now,
+                   drained=supervisor.all_exited)
     finally:
         supervisor.stop()
         store.close()
@@ -100,7 +103,7 @@ def api(
 ) -> None:
     """The API alone (workers run elsewhere with `fluxrun worker`)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, public_url=public_url)
-    _logging()
+    _logging(settings)
     store = _open_store(settings, migrate=True)
     storage = _open_output_storage(settings)
     _announce(settings, store, storage, with_workers=False)
@@ -116,7 +119,7 @@ def worker(
 ) -> None:
     """One worker process: claims tasks and runs the models."""
     settings = _settings(data_dir=data_dir, database_url=database_url, models=models, device=device)
-    _logging()
+    _logging(settings)
     from fluxrun.worker.main import run_worker
 
     run_worker(settings)
@@ -133,17 +136,19 @@ def _open_output_storage(settings: Any) -> Any:
     try:
         storage.check()
     except StorageUnavailable as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        _say(f"[red]{escape(str(exc))}[/red]", logging.ERROR)
         raise typer.Exit(EXIT_CONFIG) from None
     return storage
 
 
-def _serve_api(settings: Any, store: Any, storage: Any) -> None:
-    import uvicorn
-
+def _serve_api(settings: Any, store: Any, storage: Any, **shutdown: Any) -> None:
     from fluxrun.api.app import create_app
+    from fluxrun.api.lifecycle import Lifecycle
+    from fluxrun.serving import run_api
 
-    uvicorn.run(create_app(settings, store, storage), host=settings.host, port=settings.port, log_level="info")
+    lifecycle = Lifecycle()
+    app = create_app(settings, store, storage, lifecycle=lifecycle)
+    run_api(app, settings.host, settings.port, lifecycle, settings.drain_seconds, **shutdown)
 
 
 def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> None:
@@ -151,25 +156,45 @@ def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> No
 
     base_url = settings.effective_public_url
     first = ensure_first_project(store, settings.credentials_path, base_url)
-    console.print(f"[bold]fluxrun[/bold] at {base_url}  (data: {settings.data_dir.resolve()})")
-    console.print(f"database: {settings.effective_database_url.split('@')[-1]}")
-    console.print(f"outputs: {storage.describe()}")
-    if first:
+    _say(f"[bold]fluxrun[/bold] at {base_url}  (data: {settings.data_dir.resolve()})")
+    _say(f"database: {settings.effective_database_url.split('@')[-1]}")
+    _say(f"outputs: {storage.describe()}")
+    if first and _json_logs():
+        # Log lines go to log stores: the secrets stay in the 0600 file.
+        _say(f"created the first project; its API key, API secret and webhook secret are in {first.path} (mode 0600)")
+    elif first:
         console.print("[bold green]Created the first project.[/bold green] Its credentials:")
         console.print(f"  API key:    {first.project.api_key}")
         console.print(f"  API secret: {first.project.api_secret}")
         console.print(f"  Webhook secret: {first.project.webhook_secret}  (verifies callbacks)", soft_wrap=True)
         console.print(f"  (also in {first.path}, mode 0600)")
     elif settings.credentials_path.exists():
-        console.print(f"credentials of the first project: {settings.credentials_path}")
+        _say(f"credentials of the first project: {settings.credentials_path}")
     if with_workers:
-        console.print(f"{settings.workers} worker process(es), models: {settings.models}")
+        _say(f"{settings.workers} worker process(es), models: {settings.models}")
         if settings.workers == 0:
-            console.print("[bold yellow]No worker here: tasks wait for a `fluxrun worker` elsewhere, and so do "
-                          "callbacks (workers deliver them).[/bold yellow]")
+            _say("[bold yellow]No worker here: tasks wait for a `fluxrun worker` elsewhere, and so do "
+                 "callbacks (workers deliver them).[/bold yellow]", logging.WARNING)
         if settings.models != "real":
-            console.print("[bold yellow]Without a CUDA GPU the workers serve TINY random-weight models "
-                          "(images are noise); each worker says which at start.[/bold yellow]")
+            _say("[bold yellow]Without a CUDA GPU the workers serve TINY random-weight models "
+                 "(images are noise); each worker says which at start.[/bold yellow]", logging.WARNING)
+
+
+def _json_logs() -> bool:
+    from fluxrun import logs
+
+    return logs.is_json()
+
+
+def _say(markup: str, level: int = logging.INFO) -> None:
+    """A start-up line: rich text on the terminal, or a log line when logs are JSON (where
+    every line of the output must be a JSON object)."""
+    if _json_logs():
+        from rich.text import Text
+
+        logging.getLogger("fluxrun").log(level, Text.from_markup(markup).plain)
+    else:
+        console.print(markup, soft_wrap=True)
 
 
 @keys_app.command("create")
@@ -227,6 +252,52 @@ def keys_revoke(api_key: str, data_dir: DataDir = None, database_url: DatabaseUr
         console.print(f"[red]no active key {api_key}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {api_key}")
+
+
+@app.command("workers")
+def workers_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON")] = False,
+    every: Annotated[bool, typer.Option("--all", help="Also workers that stopped or are gone")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The worker registry: each worker's state, task, tools and GPU memory."""
+    import time
+
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    now = time.time()
+    shown = [w for w in store.list_workers() if every or w.live(now)]
+    rows = [
+        {
+            "id": w.id,
+            "state": w.state if w.live(now) or w.state == "stopped" else "gone",
+            "task": w.task_id,
+            "tools": list(w.tools),
+            "models": w.models,
+            "device": w.device,
+            "started_at": w.started_at,
+            "last_seen": w.last_seen,
+            "gpu_memory": None if w.gpu is None else {"allocated": w.gpu.allocated, "reserved": w.gpu.reserved,
+                                                      "total": w.gpu.total},
+        }
+        for w in shown
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("no live worker" + ("" if every else " (--all shows stopped and gone ones)"))
+        return
+    table = Table("worker", "state", "task", "tools", "models", "seen", "GPU memory (allocated / total)")
+    for row in rows:
+        gpu = row["gpu_memory"]
+        table.add_row(
+            row["id"], row["state"], str(row["task"] or ""), "\n".join(row["tools"]), f"{row['models']} on {row['device']}",
+            f"{now - row['last_seen']:.0f} s ago",
+            f"{gpu['allocated'] / 2**30:.1f} / {gpu['total'] / 2**30:.1f} GiB" if gpu else "",
+        )
+    wide = Console(width=10_000)  # tool slugs and ids are copied from here: never shortened
+    Console(width=Measurement.get(wide, wide.options, table).maximum).print(table)
 
 
 @db_app.command("upgrade")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fluxrun.logs import LogFormat
 from fluxrun.netguard import Allowlist
 
 ModelsMode = Literal["auto", "tiny", "real"]
@@ -43,6 +44,18 @@ class Settings(BaseSettings):
         5.0, gt=0, description="how often an idle worker looks for work besides the wake-ups of the event bus"
     )
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
+    # Operations: the worker registry, shutdown, logs.
+    worker_heartbeat_seconds: float = Field(
+        5.0, gt=0, description="how often a worker refreshes its registry row; not seen for 3 of these: gone"
+    )
+    shutdown_grace_seconds: float = Field(
+        60.0, ge=0, description="after a SIGTERM, how long a worker may finish its task before handing it back"
+    )
+    drain_seconds: float = Field(
+        5.0, ge=0, description="after a SIGTERM, how long the API keeps answering (refusing Runs, /ready 503) "
+        "so a load balancer stops sending to it"
+    )
+    log_format: LogFormat = Field("text", description="text | json: one JSON object per log line")
     flux1_base: str = "black-forest-labs/FLUX.1-dev"
     flux2_model: str = Field(
         "dev",

@@ -9,7 +9,9 @@ status and its message, so routes never format errors by hand:
     ├── ConcurrencyLimitError         code 96
     ├── AuthError                     code 99, HTTP 401
     │   └── SignInRequiredError       code 98, HTTP 401
-    └── RateLimitError                code 0, HTTP 429
+    ├── RateLimitError                code 0, HTTP 429
+    └── ShuttingDown                  code 0, HTTP 503 + Retry-After: this API process is
+                                      draining (SIGTERM); a load balancer retries elsewhere
 
 Errors that never reach the wire as such (they end a task or a worker's claim):
 
@@ -45,6 +47,11 @@ class FluxrunError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body."""
+        return {}
+
     def to_wire(self) -> dict[str, object]:
         return {"result": False, "errors": [{"code": self.code, "message": self.message}]}
 
@@ -77,6 +84,20 @@ class SignInRequiredError(AuthError):
 
 class RateLimitError(FluxrunError):
     http_status = 429
+
+
+class ShuttingDown(FluxrunError):
+    """This API process stopped taking tasks because it is shutting down."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class TaskStopped(Exception):

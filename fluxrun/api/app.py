@@ -15,21 +15,35 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fluxrun import __version__
 from fluxrun.api.events_hub import EventHub
-from fluxrun.api.routes import files, run, socket, task, tool
+from fluxrun.api.lifecycle import Lifecycle, Readiness
+from fluxrun.api.metrics import Metrics, RequestMetrics
+from fluxrun.api.routes import files, health, run, socket, task, tool
 from fluxrun.api.state import AppState
 from fluxrun.config import Settings
 from fluxrun.errors import FluxrunError
+from fluxrun.logs import request_scope
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import TaskStore
 
 log = logging.getLogger("fluxrun.api")
 
+FORGET_WORKERS_AFTER_SECONDS = 86400.0  # registry rows of workers not seen for a day are deleted
 
-def create_app(settings: Settings, store: TaskStore, storage: OutputStorage, *, reaper: bool = True) -> FastAPI:
-    state = AppState(settings=settings, store=store, storage=storage)
+
+def create_app(
+    settings: Settings,
+    store: TaskStore,
+    storage: OutputStorage,
+    *,
+    reaper: bool = True,
+    lifecycle: Lifecycle | None = None,
+) -> FastAPI:
+    """The app; ``lifecycle`` is the drain switch the server flips at SIGTERM (cli.py)."""
+    state = AppState(settings=settings, store=store, storage=storage, lifecycle=lifecycle or Lifecycle())
     hub = EventHub(store, storage)
 
     @asynccontextmanager
@@ -46,8 +60,12 @@ def create_app(settings: Settings, store: TaskStore, storage: OutputStorage, *, 
     app = FastAPI(title="fluxrun", version=__version__, lifespan=lifespan)
     app.state.fluxrun = state
     app.state.fluxrun_hub = hub
-    for module in (run, task, tool, files, socket):
+    app.state.fluxrun_readiness = Readiness(store, storage, state.lifecycle)
+    app.state.fluxrun_metrics = metrics = Metrics(store)
+    for module in (run, task, tool, files, socket, health):
         app.include_router(module.router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(LogScope)  # outermost: the access line of a request is logged inside its scope
     app.add_exception_handler(FluxrunError, _fluxrun_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_error)
@@ -63,16 +81,30 @@ async def _reap_forever(state: AppState) -> None:
             expired = await run_in_threadpool(state.store.expire_leases, now, state.settings.max_attempts)
             for item in expired:
                 log.warning("task %s: attempt %s lost its worker; %s", item.task_id, item.attempt,
-                            "queued again" if item.requeued else "attempt limit reached, failed")
+                            "queued again" if item.requeued else "attempt limit reached, failed",
+                            extra={"task_id": item.task_id})
             await run_in_threadpool(state.store.forget_old_nonces, now)
+            await run_in_threadpool(state.store.forget_workers, now - FORGET_WORKERS_AFTER_SECONDS)
         except Exception:  # the database may be down for a while; keep trying
             log.exception("lease reaper")
         await asyncio.sleep(state.settings.reaper_seconds)
 
 
+class LogScope:
+    """ASGI middleware: each request gets its own log scope, which a route tags with the task
+    it handles (fluxrun.logs.tag_task), so its lines and its access line carry the task id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with request_scope():
+            await self.app(scope, receive, send)
+
+
 async def _fluxrun_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxrunError)
-    return JSONResponse(exc.to_wire(), status_code=exc.http_status)
+    return JSONResponse(exc.to_wire(), status_code=exc.http_status, headers=exc.headers or None)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection, Request
 
+from fluxrun.api.lifecycle import Lifecycle
 from fluxrun.config import Settings
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import TaskStore
@@ -16,6 +17,7 @@ class AppState:
     settings: Settings
     store: TaskStore
     storage: OutputStorage
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # draining once shutdown begins
 
     def base_url(self, request: HTTPConnection) -> str:
         """Base of output URLs: the configured public URL, else what the client used."""

@@ -45,3 +45,19 @@ def release_memory() -> None:
     gc.collect()  # the failed call's frames and tensors sit in reference cycles with its traceback
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def gpu_memory(device: str) -> tuple[int, int, int] | None:
+    """(allocated, reserved, total) bytes of a CUDA device as torch sees it; None off CUDA.
+
+    Cheap (no synchronisation), so the worker's registry heartbeat reads it every beat."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    _free, total = torch.cuda.mem_get_info(index)
+    return int(torch.cuda.memory_allocated(index)), int(torch.cuda.memory_reserved(index)), int(total)

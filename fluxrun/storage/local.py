@@ -43,9 +43,13 @@ class LocalStorage(OutputStorage):
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-check"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            # A probe of its own: the API's /ready and a worker's start may check at the same time.
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-check-")
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                Path(probe).unlink()
         except OSError as exc:
             raise StorageUnavailable(f"FLUXRUN_DATA_DIR: cannot write output files under {self.root} ({exc})") from exc
 

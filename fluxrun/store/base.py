@@ -10,7 +10,12 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
 - status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``;
 - a task with a callback URL gets its delivery row in the same transaction that ends it, and
   a delivery is tried by one deliverer at a time, under a claim that expires.
-- every change of a task is published on ``events`` (fluxrun.store.events) once committed.
+- every change of a task is published on ``events`` (fluxrun.store.events) once committed;
+- a stopping worker may hand its task back (``hand_back``): the task is queued again at once,
+  without waiting for the lease to expire, and that attempt does not count against
+  ``max_attempts`` (the attempt number still grows, so the old attempt stays fenced off);
+- workers register in the worker registry and refresh their row by heartbeat; a row not
+  refreshed by its ``alive_until`` is a worker that is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from fluxrun.store.events import EventBus
 
 AuthMode = Literal["signature", "apikey"]
 DeliveryState = Literal["pending", "delivered", "failed", "gone"]
+WorkerState = Literal["loading", "idle", "busy", "stopping", "stopped"]
+#: How a finished task ended, for metrics: succeeded (pexit 0), failed, cancelled (or killed).
+Outcome = Literal["succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class TaskRecord:
     canceltime: float | None
     kill_requested: bool
     outputs: tuple[OutputRecord, ...] = ()
+    handed_back: int = 0  # attempts a stopping worker gave back; not failures
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,63 @@ class Delivery:
     created_at: float
     last_attempt_at: float | None
     delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """torch.cuda's view of a worker's GPU, in bytes."""
+
+    allocated: int  # held by live tensors
+    reserved: int  # held by the caching allocator (what other processes cannot use)
+    total: int  # the device's memory
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One worker process in the registry."""
+
+    id: str  # host/pid
+    host: str
+    pid: int
+    tools: tuple[str, ...]  # tool slugs it serves
+    models: str  # tiny | real
+    device: str
+    state: WorkerState
+    task_id: int | None
+    started_at: float
+    last_seen: float
+    alive_until: float  # not seen again by then: gone
+    gpu: GpuMemory | None = None
+
+    def live(self, now: float) -> bool:
+        return self.state != "stopped" and self.alive_until >= now
+
+    def takes_tasks(self, now: float) -> bool:
+        """Live and claiming (or about to): not loading its models, not on its way out."""
+        return self.live(now) and self.state in ("idle", "busy")
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    """Unfinished tasks of one tool, for metrics."""
+
+    queued: int
+    running: int
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Finished tasks of one tool and outcome: cumulative counts per upper bound (seconds).
+
+    The duration is the generation time: ``elapsed`` for a success, start to end for a
+    failure or a kill, 0 for a task that ended before it started (cancelled in the queue,
+    failed while loading its model)."""
+
+    tool: str
+    outcome: Outcome
+    buckets: tuple[tuple[float, int], ...]  # (upper bound, tasks at most that long), growing
+    count: int
+    total_seconds: float
 
 
 class TaskStore(ABC):
@@ -245,6 +311,58 @@ class TaskStore(ABC):
 
     @abstractmethod
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None: ...
+
+    @abstractmethod
+    def hand_back(self, lease: Lease, now: float, reason: str) -> bool:
+        """Queue the task of this lease again at once, because its worker is stopping now.
+
+        The attempt is not a failure: it does not count against ``max_attempts``, and
+        debugoutput says ``attempt N: <reason>; queued again``. The attempt number is kept,
+        so the stopping worker can no longer write (LeaseLost) even after another worker
+        claims the task. False when this lease no longer holds the task (it ended, was
+        killed or was taken over): nothing changes."""
+
+    # -- the worker registry --------------------------------------------------------------
+    @abstractmethod
+    def register_worker(self, worker: WorkerRecord) -> None:
+        """Insert or replace a worker's row (a host/pid can come back after a restart)."""
+
+    @abstractmethod
+    def worker_seen(
+        self,
+        worker_id: str,
+        state: WorkerState,
+        task_id: int | None,
+        gpu: GpuMemory | None,
+        now: float,
+        alive_until: float,
+    ) -> bool:
+        """A worker's heartbeat; False when it has no row (forgotten): register it again."""
+
+    @abstractmethod
+    def worker_stopped(self, worker_id: str, now: float) -> None:
+        """A worker exited cleanly."""
+
+    @abstractmethod
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every worker in the registry, live, gone or stopped, the newest first."""
+
+    @abstractmethod
+    def live_workers(self, now: float) -> list[WorkerRecord]:
+        """The workers neither stopped nor gone at ``now`` (one query)."""
+
+    @abstractmethod
+    def forget_workers(self, before: float) -> int:
+        """Delete the rows of workers not seen since ``before``; how many."""
+
+    # -- numbers for metrics --------------------------------------------------------------
+    @abstractmethod
+    def task_counts(self) -> dict[str, TaskCounts]:
+        """Queued and running tasks per tool (tools with none are absent)."""
+
+    @abstractmethod
+    def duration_histograms(self, bounds: tuple[float, ...]) -> list[DurationHistogram]:
+        """Finished tasks per tool and outcome, bucketed by ``bounds`` (growing)."""
 
     # -- callbacks: the deliverer's side --------------------------------------------------
     @abstractmethod

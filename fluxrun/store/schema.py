@@ -4,6 +4,7 @@ this module is what queries are written against. Times are unix seconds as float
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -80,6 +81,9 @@ tasks = Table(
     Column("postprocessendtime", Float, nullable=True),
     Column("canceltime", Float, nullable=True),
     Column("kill_requested", Boolean, nullable=False, default=False),
+    # Attempts a stopping worker handed back at once (TaskStore.hand_back): they are not
+    # failures, so they do not count against max_attempts.
+    Column("handed_back", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_tasks_claim", "status", "tool", "id"),
     Index("ix_tasks_project", "project_id", "id"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
@@ -119,4 +123,27 @@ deliveries = Table(
     Column("last_attempt_at", Float, nullable=True),
     Column("delivered_at", Float, nullable=True),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+# The worker registry: one row per worker process, registered at its start, refreshed by its
+# presence heartbeat, marked stopped when it exits cleanly. A worker not seen by
+# ``alive_until`` (a few heartbeats) is gone: killed, crashed, or cut off from the database.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(200), primary_key=True),  # host/pid (worker/loop.py default_worker_id)
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("tools", Text, nullable=False),  # JSON list of the tool slugs it serves
+    Column("models", String(16), nullable=False),  # tiny | real
+    Column("device", String(32), nullable=False),  # cpu | cuda | cuda:N | mps
+    Column("state", String(16), nullable=False),  # loading | idle | busy | stopping | stopped
+    Column("task_id", Integer, nullable=True),  # the task in hand (busy, or stopping with one)
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("alive_until", Float, nullable=False),
+    # torch.cuda's view of the worker's GPU, in bytes; NULL off CUDA.
+    Column("gpu_allocated", BigInteger, nullable=True),
+    Column("gpu_reserved", BigInteger, nullable=True),
+    Column("gpu_total", BigInteger, nullable=True),
 )

@@ -39,6 +39,8 @@ from fluxrun.store.base import (
 from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
 from fluxrun.store.events import MAX_ERROR_CHARS, TASK_ERROR, EventBus, TaskEvent
 from fluxrun.store.schema import nonces, outputs, projects, tasks
+from fluxrun.store.stats import StatsQueries
+from fluxrun.store.workers import WorkerQueries
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 # The time column each status sets when a task reaches it.
@@ -70,7 +72,7 @@ def _sources(new: Status) -> list[str]:
     return [s.value for s in Status if is_legal(s, new)]
 
 
-class SqlTaskStore(DeliveryQueries, TaskStore):
+class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
     def __init__(self, engine: Engine, events: EventBus) -> None:
         self.engine = engine
         self.events = events
@@ -288,16 +290,17 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
         expired: list[ExpiredLease] = []
         with self._write() as conn:
             rows = conn.execute(
-                select(tasks.c.id, tasks.c.attempt, tasks.c.lease_owner)
+                select(tasks.c.id, tasks.c.attempt, tasks.c.lease_owner, tasks.c.handed_back)
                 .where(tasks.c.status.in_(_RUNNING_VALUES), tasks.c.lease_expires_at < now)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
                 owner = row.lease_owner or "unknown"
                 fenced = and_(tasks.c.id == row.id, tasks.c.attempt == row.attempt, tasks.c.status.in_(_RUNNING_VALUES))
-                if row.attempt >= max_attempts:
+                lost = row.attempt - row.handed_back  # attempts handed back by stopping workers are not failures
+                if lost >= max_attempts:
                     error = (
-                        f"The worker running this task stopped responding on each of {row.attempt} "
+                        f"The worker running this task stopped responding on each of {lost} "
                         f"attempts (last: {owner}); giving up. The task may crash its worker."
                     )
                     failed = conn.execute(
@@ -418,6 +421,26 @@ class SqlTaskStore(DeliveryQueries, TaskStore):
             self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
             queue_callback(conn, lease.task_id, now)
             self._emit_failure(conn, lease.task_id, lease.attempt, error)
+
+    def hand_back(self, lease: Lease, now: float, reason: str) -> bool:
+        owned = and_(tasks.c.id == lease.task_id, tasks.c.attempt == lease.attempt, tasks.c.status.in_(_RUNNING_VALUES))
+        with self._write() as conn:
+            result = conn.execute(
+                update(tasks)
+                .where(owned)
+                .values(
+                    status=Status.QUEUE.value,
+                    progress=None,
+                    handed_back=tasks.c.handed_back + 1,
+                    **_RELEASED,
+                    debugoutput=tasks.c.debugoutput + f"attempt {lease.attempt}: {reason}; queued again\n",
+                    **{column: None for column in _ATTEMPT_TIMES},
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            self._emit(conn, lease.task_id, Status.QUEUE.value, lease.attempt)
+        return True
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(

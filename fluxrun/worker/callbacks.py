@@ -24,6 +24,7 @@ import httpx
 
 from fluxrun.config import Settings
 from fluxrun.errors import CallbackRefused
+from fluxrun.logs import task_scope
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import Delivery, DeliveryState, TaskStore
 from fluxrun.wire import detail_wire, json_text
@@ -94,7 +95,8 @@ class Deliverer:
             if not claimed:
                 break
             for delivery in claimed:
-                self.attempt(delivery)
+                with task_scope(delivery.task_id):
+                    self.attempt(delivery)
                 tries += 1
         return tries
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 from fluxrun.errors import LeaseLost
+from fluxrun.logs import task_scope
 from fluxrun.store.base import Lease, TaskStore
 
 log = logging.getLogger("fluxrun.worker")
@@ -31,6 +32,10 @@ class Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
+        with task_scope(self._lease.task_id):  # a new thread starts with no log scope of its own
+            self._beat()
+
+    def _beat(self) -> None:
         while not self._stop.wait(self._every):
             try:
                 self._lease = self._store.heartbeat(self._lease, self._lease_seconds, time.time())

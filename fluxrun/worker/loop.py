@@ -26,6 +26,7 @@ from fluxrun.config import Settings
 from fluxrun.errors import LeaseLost, TaskFailed, TaskStopped
 from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.imaging.pixelart import pixelate
+from fluxrun.logs import task_scope
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import Lease, NewOutput, TaskStore
@@ -34,6 +35,7 @@ from fluxrun.tools.request import PixelArtPass
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
 from fluxrun.worker.moderation import Moderation
+from fluxrun.worker.presence import Presence
 from fluxrun.worker.signals import BusWatcher, TaskSignals
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ class Worker:
         backends: BackendCache,
         worker_id: str | None = None,
         on_callback_owed: Callable[[], None] | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -69,7 +72,13 @@ class Worker:
         # Called when a task with a callback URL leaves this worker's hands, and when the bus
         # says a task ended anywhere, so a callback goes out at once, not at the next poll.
         self.on_callback_owed = on_callback_owed
+        self.presence = presence
         self._watcher: BusWatcher | None = None
+        # The task in hand, for stop_now on another thread; the lock orders a stop against a claim.
+        self._lock = threading.Lock()
+        self._lease: Lease | None = None
+        self._signals: TaskSignals | None = None
+        self._stopped_now: str | None = None  # why, once told to stop now
 
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and run tasks until ``stop`` is set; the task in hand is finished first."""
@@ -97,15 +106,59 @@ class Worker:
         return True
 
     def process(self, lease: Lease) -> None:
+        with task_scope(lease.task_id):
+            with self._lock:
+                self._lease, stopped_now = lease, self._stopped_now
+            if self.presence:
+                self.presence.busy(lease.task_id)
+            try:
+                if stopped_now is not None:  # claimed just as the worker was told to stop now
+                    self._hand_back(lease, stopped_now)
+                else:
+                    self._process(lease)
+            finally:
+                with self._lock:
+                    self._lease = self._signals = None
+                if self.presence:
+                    self.presence.idle()
+
+    def stop_now(self, why: str) -> None:
+        """Hand the task in hand back to the queue at once (from any thread); the claim loop
+        stops at its next step. A task claimed after this is handed back as it arrives."""
+        with self._lock:
+            self._stopped_now = why
+            lease = self._lease
+        if lease is not None:
+            with task_scope(lease.task_id):
+                self._hand_back(lease, why)
+
+    def _hand_back(self, lease: Lease, why: str) -> None:
+        if self.store.hand_back(lease, time.time(), f"worker {self.worker_id} stopped at once ({why})"):
+            log.warning("task %s: handed back to the queue (%s)", lease.task_id, why)
+            with self._lock:
+                signals = self._signals if self._lease is lease else None
+            if signals is not None:
+                signals.killed.set()  # generation stops at its next step, not at its next write
+        else:
+            log.info("task %s: nothing to hand back (it ended or was taken over)", lease.task_id)
+
+    def _process(self, lease: Lease) -> None:
         task_id = lease.task_id
         signals = self._watcher.begin(task_id) if self._watcher else None
+        with self._lock:
+            self._signals = signals
+            if self._stopped_now is not None and signals is not None:
+                signals.killed.set()  # handed back already, between the claim and here
         with Heartbeat(self.store, lease, self.settings.lease_seconds, self.settings.heartbeat_seconds) as beat:
             try:
                 self._run(lease, beat, signals)
-            except TaskStopped:
-                log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
-            except LeaseLost:
-                log.warning("task %s: lease lost; another attempt owns the task now", task_id)
+            except (TaskStopped, LeaseLost) as exc:
+                if self._stopped_now is not None:
+                    log.info("task %s: stopped; it was handed back to the queue", task_id)
+                elif isinstance(exc, TaskStopped):
+                    log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
+                else:
+                    log.warning("task %s: lease lost; another attempt owns the task now", task_id)
             except TaskFailed as exc:  # an expected end (no credits, moderated...): no traceback
                 log.warning("task %s failed: %s", task_id, exc)
                 self._fail(lease, _describe(exc))

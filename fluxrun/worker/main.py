@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 
+from fluxrun import logs
 from fluxrun.backends.base import BackendOptions
+from fluxrun.backends.library_logs import route_library_logs
+from fluxrun.backends.memory import gpu_memory
 from fluxrun.backends.registry import BackendCache, resolve_models_mode
 from fluxrun.config import Settings
 from fluxrun.errors import EXIT_CONFIG, BackendUnavailable, StorageUnavailable
 from fluxrun.storage import open_storage
 from fluxrun.store import open_store
 from fluxrun.tools.catalog import TOOLS
+from fluxrun.tools.spec import ToolSpec
 from fluxrun.worker.callbacks import Deliverer
 from fluxrun.worker.loop import Worker, default_worker_id
 from fluxrun.worker.moderation import Moderation
+from fluxrun.worker.presence import Presence
+from fluxrun.worker.shutdown import Shutdown
 from fluxrun.worker.startup import load_all, lora_report, warm_up
 
 log = logging.getLogger("fluxrun.worker")
@@ -57,20 +60,23 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
     )
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, tools: tuple[ToolSpec, ...] = TOOLS) -> None:
+    """Serve ``tools`` until told to stop (worker/shutdown.py says how)."""
     try:
         mode, device = resolve_models_mode(settings.models, settings.device)
     except BackendUnavailable as exc:
-        print(f"fluxrun worker: {exc}", file=sys.stderr, flush=True)
+        say(f"fluxrun worker: {exc}", logging.ERROR)
         sys.exit(EXIT_CONFIG)
     if mode == "tiny":
         reason = "no CUDA GPU found" if settings.models == "auto" else "--models tiny"
-        print(TINY_BANNER.format(reason=reason), file=sys.stderr, flush=True)
+        say(TINY_BANNER.format(reason=reason), logging.WARNING)
     else:
         log.info("serving real models on %s", device)
     for line in lora_report(settings, mode):
         log.warning(line)
 
+    if logs.is_json():
+        route_library_logs()  # every line a JSON object: the model libraries' lines too, no progress bars
     store = open_store(settings.effective_database_url)
     storage = open_storage(settings)
     try:
@@ -81,41 +87,56 @@ def run_worker(settings: Settings) -> None:
     else:
         log.info("outputs: %s", storage.describe())
     worker_id = default_worker_id()
-    stop = threading.Event()
-    loading = threading.Event()
-    loading.set()
+    presence = Presence(store, worker_id, [tool.slug for tool in tools], mode, device,
+                        settings.worker_heartbeat_seconds, gpu_reader=lambda: gpu_memory(device))
+    worker: Worker | None = None
 
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        stop.set()
-        if loading.is_set():  # no task in hand yet: leave now, through the finally below
-            log.info("signal %d while loading models: stopping", signum)
-            raise SystemExit(0)
-        log.info("signal %d: finishing the current task, then stopping", signum)
+    def stop_now(why: str) -> None:
+        if worker is not None:
+            worker.stop_now(why)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    shutdown = Shutdown(settings.shutdown_grace_seconds, on_stopping=presence.stopping, on_stop_now=stop_now)
+    shutdown.install()
     # Callbacks go out while the models load, too: they need no model.
     deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
-    deliverer.start()
     try:
+        presence.start()
+        deliverer.start()
         backends = BackendCache(backend_options(settings, mode, device))
-        load_all(backends, TOOLS)
+        served = load_all(backends, tools)
         if settings.warmup:
-            warm_up(backends, TOOLS)
-        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
+            warm_up(backends, tools)
+        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake,
+                        presence=presence)
         load_moderation(worker.moderation)
-        loading.clear()
-        log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
-        worker.run_forever(stop)
+        shutdown.loading = False
+        if shutdown.stop.is_set():
+            return
+        presence.serving([tool.slug for tool in served])
+        log.info("worker %s ready (%s models on %s), serving %s", worker.worker_id, mode, device,
+                 ", ".join(tool.slug for tool in served) or "no tool (no backend loaded)")
+        worker.run_forever(shutdown.stop)
     finally:
+        shutdown.cancel()
         deliverer.stop()
+        presence.stop()
         store.close()
+        log.info("worker %s stopped", worker_id)
+
+
+def say(text: str, level: int) -> None:
+    """A message an operator must not miss: printed as it is (a banner) in text logs, one log
+    line in JSON logs, where every line must be a JSON object."""
+    if logs.is_json():
+        log.log(level, text.strip())
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def load_moderation(moderation: Moderation) -> None:
     """Load the safety classifier now (not on the first task), or say that there is none."""
     if not moderation.configured:
-        print(UNMODERATED_LINE, file=sys.stderr, flush=True)
+        say(UNMODERATED_LINE, logging.WARNING)
         return
     try:
         checker = moderation.checker()

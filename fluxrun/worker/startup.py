@@ -40,9 +40,11 @@ def lora_report(settings: Settings, mode: str) -> list[str]:
     return lines
 
 
-def load_all(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
+def load_all(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> list[ToolSpec]:
     """Load every backend the tools need now, so the first task does not wait for it. One
-    that cannot load is reported here; its tasks fail with the same message (and retry the load)."""
+    that cannot load is reported here; its tasks fail with the same message (and retry the load).
+    Returns the tools whose backend loaded: what the worker registry says this worker serves."""
+    loaded: set[str] = set()
     for name in sorted({tool.backend for tool in tools}):
         started = time.monotonic()
         try:
@@ -50,7 +52,9 @@ def load_all(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
         except BackendUnavailable as exc:
             log.error("backend %s cannot be loaded: %s", name, exc)
             continue
+        loaded.add(name)
         log.info("backend %s ready in %.1f s: %s", name, time.monotonic() - started, backend.description)
+    return [tool for tool in tools if tool.backend in loaded]
 
 
 def warm_up(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:

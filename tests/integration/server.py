@@ -41,7 +41,9 @@ class Server:
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
         # Only the settings a test names: none leak in from the environment running the tests.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
-        self.env = {**inherited, "FLUXRUN_IDLE_POLL_SECONDS": "0.2", "FLUXRUN_REAPER_SECONDS": "0.5", **settings}
+        # No drain delay at shutdown: no load balancer in front of a test server (tests of draining set one).
+        self.env = {**inherited, "FLUXRUN_IDLE_POLL_SECONDS": "0.2", "FLUXRUN_REAPER_SECONDS": "0.5",
+                    "FLUXRUN_DRAIN_SECONDS": "0", **settings}
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
         self.key = self.secret = ""

@@ -11,6 +11,7 @@ from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
 from fluxrun.errors import CallbackRefused, ValidationError
+from fluxrun.logs import tag_task
 from fluxrun.netguard import Allowlist, check_url
 from fluxrun.store.base import Project
 from fluxrun.tools.catalog import find_tool
@@ -29,10 +30,12 @@ def run(
     body: dict[str, Any] = Depends(read_body),
     state: AppState = Depends(app_state),
 ) -> dict[str, Any]:
+    state.lifecycle.refuse_if_draining()
     tool = find_tool(owner, project)
     parameters = tool.validate(body)
     callback_url, note = callback_from(body.get("callbackUrl"), state.settings.callback_allowlist)
     task = state.store.create_task(caller.id, tool.slug, parameters, tool.cps, callback_url, debugoutput=note)
+    tag_task(task.id)
     return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.token, "result": True}
 
 

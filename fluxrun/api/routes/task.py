@@ -12,8 +12,10 @@ from starlette.requests import Request
 from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
+from fluxrun.api.waiting import add_waiting_lines
 from fluxrun.wire import detail_wire, task_wire
 from fluxrun.errors import FluxrunError, NotFoundError, ValidationError
+from fluxrun.logs import tag_task
 from fluxrun.store.base import Project, TaskRecord
 
 router = APIRouter()
@@ -32,8 +34,11 @@ class TaskCall:
     state: AppState
 
     def wire(self, tasks: list[TaskRecord]) -> list[dict[str, Any]]:
+        """The tasks as the wire shows them, queued ones with their waiting line if any."""
         base_url = self.state.base_url(self.request)
-        return [task_wire(task, self.state.storage, base_url) for task in tasks]
+        wires = [task_wire(task, self.state.storage, base_url) for task in tasks]
+        add_waiting_lines(wires, tasks, self.state.store)
+        return wires
 
     def find(self) -> TaskRecord:
         """The task named by taskid, tasktoken or socketaccesstoken (the seeds use all three)."""
@@ -51,6 +56,7 @@ class TaskCall:
             raise FluxrunError("taskid or socketaccesstoken is required")
         if task is None:
             raise NotFoundError(NO_TASK)
+        tag_task(task.id)
         return task
 
 
@@ -65,7 +71,10 @@ def task_call(
 
 @router.post("/v1/Task/Detail")
 def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
-    return detail_wire(call.find(), call.state.storage, call.state.base_url(call.request))
+    task = call.find()
+    answer = detail_wire(task, call.state.storage, call.state.base_url(call.request))
+    add_waiting_lines(answer["tasklist"], [task], call.state.store)
+    return answer
 
 
 @router.post("/v1/Task/List")
