@@ -72,7 +72,8 @@ async def _reap_forever(state: AppState) -> None:
 
 async def _fluxrun_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxrunError)
-    return JSONResponse(exc.to_wire(), status_code=exc.http_status)
+    # The error's own headers (Retry-After on a 429) go with it; the body is SPEC.md section 7's.
+    return JSONResponse(exc.to_wire(), status_code=exc.http_status, headers=exc.headers or None)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
