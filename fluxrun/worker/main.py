@@ -14,7 +14,7 @@ from fluxrun.config import Settings
 from fluxrun.errors import EXIT_CONFIG, BackendUnavailable, StorageUnavailable
 from fluxrun.storage import open_storage
 from fluxrun.store import open_store
-from fluxrun.tools.catalog import TOOLS
+from fluxrun.tools.catalog import tools_named
 from fluxrun.worker.callbacks import Deliverer
 from fluxrun.worker.loop import Worker, default_worker_id
 from fluxrun.worker.moderation import Moderation
@@ -59,6 +59,11 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
 
 def run_worker(settings: Settings) -> None:
     try:
+        tools = tools_named(settings.worker_tools)
+    except ValueError as exc:
+        print(f"fluxrun worker: FLUXRUN_WORKER_TOOLS: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CONFIG)
+    try:
         mode, device = resolve_models_mode(settings.models, settings.device)
     except BackendUnavailable as exc:
         print(f"fluxrun worker: {exc}", file=sys.stderr, flush=True)
@@ -68,8 +73,9 @@ def run_worker(settings: Settings) -> None:
         print(TINY_BANNER.format(reason=reason), file=sys.stderr, flush=True)
     else:
         log.info("serving real models on %s", device)
-    for line in lora_report(settings, mode):
+    for line in lora_report(settings, mode, tools):
         log.warning(line)
+    log.info("serving %s", ", ".join(tool.slug for tool in tools))
 
     store = open_store(settings.effective_database_url)
     storage = open_storage(settings)
@@ -99,10 +105,11 @@ def run_worker(settings: Settings) -> None:
     deliverer.start()
     try:
         backends = BackendCache(backend_options(settings, mode, device))
-        load_all(backends, TOOLS)
+        load_all(backends, tools)  # only the backends of the tools served
         if settings.warmup:
-            warm_up(backends, TOOLS)
-        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake)
+            warm_up(backends, tools)
+        worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake,
+                        tools=tools)
         load_moderation(worker.moderation)
         loading.clear()
         log.info("worker %s ready (%s models on %s)", worker.worker_id, mode, device)
