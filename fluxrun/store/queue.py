@@ -37,7 +37,9 @@ _LOCK_IF_QUEUED = (
     select(tasks.c.id).where(tasks.c.id == bindparam("task_id"), QUEUED).with_for_update(skip_locked=True)
 )
 _OWN_LIMIT = select(projects.c.concurrency_limit).where(projects.c.id == bindparam("project_id"))
-_OWN_LIMIT_LOCKED = _OWN_LIMIT.with_for_update()
+# FOR NO KEY UPDATE: Runs of one project wait for each other, while the key-share locks that
+# inserts referencing the project take (its nonces, its callbacks' deliveries) do not wait.
+_OWN_LIMIT_LOCKED = _OWN_LIMIT.with_for_update(key_share=True)
 _IN_FLIGHT = select(
     select(func.count()).where(QUEUED, tasks.c.project_id == bindparam("project_id")).scalar_subquery()
     + select(func.count()).where(RUNNING, tasks.c.project_id == bindparam("project_id")).scalar_subquery()
@@ -123,7 +125,7 @@ def check_limits(conn: Connection, project_id: int, default_limit: int, queue_li
 
     Runs in create_task's write transaction, before its insert. On SQLite that transaction
     holds the database's write lock from its BEGIN IMMEDIATE, so nothing changes the counts
-    before the insert commits. On PostgreSQL the project's row is locked (FOR UPDATE) before
+    before the insert commits. On PostgreSQL the project's row is locked (FOR NO KEY UPDATE) before
     its tasks are counted: Runs of one project count and insert one at a time, and each count
     (a fresh snapshot per statement under READ COMMITTED) sees the inserts committed before
     it, so concurrent Runs never pass the limit together. The queue limit takes no lock, so
