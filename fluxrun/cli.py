@@ -29,7 +29,8 @@ Workers = Annotated[Optional[int], typer.Option("--workers", help="Worker proces
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [FLUXRUN_DEVICE]")]
 PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="Base URL clients use [FLUXRUN_PUBLIC_URL]")]
 WorkerTools = Annotated[Optional[str], typer.Option(
-    "--tools", help="Comma-separated tools this worker serves, owner/project [FLUXRUN_WORKER_TOOLS, default every tool]")]
+    "--tools",
+    help="Comma-separated tools this worker serves, owner/project [FLUXRUN_WORKER_TOOLS, default every tool]")]
 
 
 def _settings(**flags: Any) -> Any:
@@ -213,7 +214,8 @@ def keys_create(
         console.print("[red]--mode must be signature or apikey[/red]")
         raise typer.Exit(2)
     concurrency_limit = _parse_limit(limit) if limit is not None else None
-    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings, migrate=True)
     project = store.create_project(name, mode, priority=priority, concurrency_limit=concurrency_limit)
     if as_json:
         print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret,
@@ -225,8 +227,8 @@ def keys_create(
             console.print(f"  API secret:     {project.api_secret}")
         console.print(f"  Webhook secret: {project.webhook_secret}", soft_wrap=True)
         if priority or concurrency_limit is not None:
-            limit_text = "default" if concurrency_limit is None else (str(concurrency_limit) if concurrency_limit else "none")
-            console.print(f"  Priority: {project.priority}; concurrency limit: {limit_text}")
+            console.print(f"  Priority: {project.priority}; concurrency limit: "
+                          f"{_describe_limit(concurrency_limit, settings.project_concurrency)}")
 
 
 @keys_app.command("list")
@@ -276,7 +278,8 @@ def keys_priority(
 @keys_app.command("limit")
 def keys_limit(
     api_key: str,
-    limit: Annotated[str, typer.Argument(help="A number, 0 for no limit, or 'default' for FLUXRUN_PROJECT_CONCURRENCY")],
+    limit: Annotated[str, typer.Argument(
+        help="A number, 0 for no limit, or 'default' for FLUXRUN_PROJECT_CONCURRENCY")],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
