@@ -28,6 +28,9 @@ Models = Annotated[Optional[str], typer.Option("--models", help="auto | tiny | r
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Worker processes [FLUXRUN_WORKERS, default 1]")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [FLUXRUN_DEVICE]")]
 PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="Base URL clients use [FLUXRUN_PUBLIC_URL]")]
+WorkerTools = Annotated[Optional[str], typer.Option(
+    "--tools",
+    help="Comma-separated tools this worker serves, owner/project [FLUXRUN_WORKER_TOOLS, default every tool]")]
 
 
 def _settings(**flags: Any) -> Any:
@@ -76,6 +79,7 @@ def serve(
     """The API and its worker processes, on the embedded defaults (SQLite, ./data)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url, models=models,
                          workers=workers, public_url=public_url, device=device)
+    _check_worker_tools(settings)  # once here, rather than once per worker process
     _logging(settings)
     from fluxrun.supervisor import WorkerSupervisor
 
@@ -115,14 +119,30 @@ def api(
 
 @app.command()
 def worker(
-    data_dir: DataDir = None, database_url: DatabaseUrl = None, models: Models = None, device: Device = None
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    models: Models = None,
+    device: Device = None,
+    tools: WorkerTools = None,
 ) -> None:
-    """One worker process: claims tasks and runs the models."""
-    settings = _settings(data_dir=data_dir, database_url=database_url, models=models, device=device)
+    """One worker process: claims tasks (of its tools) and runs the models."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, models=models, device=device,
+                         worker_tools=tools)
     _logging(settings)
     from fluxrun.worker.main import run_worker
 
     run_worker(settings)
+
+
+def _check_worker_tools(settings: Any) -> None:
+    """FLUXRUN_WORKER_TOOLS names known tools; else one line and exit (as for other settings)."""
+    from fluxrun.tools.catalog import tools_named
+
+    try:
+        tools_named(settings.worker_tools)
+    except ValueError as exc:
+        console.print(f"[red]FLUXRUN_WORKER_TOOLS: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _open_output_storage(settings: Any) -> Any:
@@ -197,10 +217,19 @@ def _say(markup: str, level: int = logging.INFO) -> None:
         console.print(markup, soft_wrap=True)
 
 
+Priority = Annotated[int, typer.Option(
+    "--priority", help="Claim priority: a higher priority's queued tasks run before any lower one's")]
+Limit = Annotated[Optional[str], typer.Option(
+    "--limit", help="Most tasks queued or running at once: a number, 0 for no limit, or 'default' "
+    "[default: FLUXRUN_PROJECT_CONCURRENCY]")]
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Project name")],
     mode: Annotated[str, typer.Option("--mode", help="signature | apikey")] = "signature",
+    priority: Priority = 0,
+    limit: Limit = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the key and secrets as JSON")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -209,8 +238,10 @@ def keys_create(
     if mode not in ("signature", "apikey"):
         console.print("[red]--mode must be signature or apikey[/red]")
         raise typer.Exit(2)
-    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
-    project = store.create_project(name, mode)
+    concurrency_limit = _parse_limit(limit) if limit is not None else None
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings, migrate=True)
+    project = store.create_project(name, mode, priority=priority, concurrency_limit=concurrency_limit)
     if as_json:
         print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret,
                           "webhook_secret": project.webhook_secret}))
@@ -220,6 +251,9 @@ def keys_create(
         if project.api_secret:
             console.print(f"  API secret:     {project.api_secret}")
         console.print(f"  Webhook secret: {project.webhook_secret}", soft_wrap=True)
+        if priority or concurrency_limit is not None:
+            console.print(f"  Priority: {project.priority}; concurrency limit: "
+                          f"{_describe_limit(concurrency_limit, settings.project_concurrency)}")
 
 
 @keys_app.command("list")
@@ -228,20 +262,88 @@ def keys_list(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Every project's key and webhook secret (API secrets are not shown: only clients need them,
-    while whoever runs a callback receiver needs the webhook secret)."""
-    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    """Every project's key, webhook secret, priority and concurrency limit (API secrets are not
+    shown: only clients need them, while whoever runs a callback receiver needs the webhook secret)."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings, migrate=True)
     projects = store.list_projects()
+    default = settings.project_concurrency
     if as_json:
         print(json.dumps([{"id": p.id, "name": p.name, "mode": p.mode, "api_key": p.api_key,
-                           "webhook_secret": p.webhook_secret, "active": p.active} for p in projects]))
+                           "webhook_secret": p.webhook_secret, "active": p.active, "priority": p.priority,
+                           "concurrency_limit": p.concurrency_limit,
+                           "effective_concurrency_limit": p.effective_concurrency_limit(default)}
+                          for p in projects]))
         return
-    table = Table("id", "name", "mode", "api key", "webhook secret", "state")
+    table = Table("id", "name", "mode", "api key", "webhook secret", "state", "priority", "limit")
     for p in projects:
-        table.add_row(str(p.id), p.name, p.mode, p.api_key, p.webhook_secret, "active" if p.active else "revoked")
+        table.add_row(str(p.id), p.name, p.mode, p.api_key, p.webhook_secret, "active" if p.active else "revoked",
+                      str(p.priority), _describe_limit(p.concurrency_limit, default))
     # Keys are copied from here: as wide as the table needs, never shortened to fit a terminal.
     wide = Console(width=10_000)
     Console(width=Measurement.get(wide, wide.options, table).maximum).print(table)
+
+
+@keys_app.command("priority", context_settings={"ignore_unknown_options": True})
+def keys_priority(
+    api_key: str,
+    priority: Annotated[int, typer.Argument(help="Higher first; 0 is the default, negative is below it")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a project's claim priority: its queued tasks run before any of a lower priority."""
+    store = _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
+    project = store.set_priority(api_key, priority)
+    if project is None:
+        console.print(f"[red]no key {api_key}[/red]")
+        raise typer.Exit(1)
+    console.print(f"project {project.name!r}: priority {project.priority}")
+
+
+@keys_app.command("limit")
+def keys_limit(
+    api_key: str,
+    limit: Annotated[str, typer.Argument(
+        help="A number, 0 for no limit, or 'default' for FLUXRUN_PROJECT_CONCURRENCY")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a project's own concurrency limit: the most tasks it may have queued or running at once."""
+    value = _parse_limit(limit)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    store = _open_store(settings, migrate=True)
+    project = store.set_concurrency_limit(api_key, value)
+    if project is None:
+        console.print(f"[red]no key {api_key}[/red]")
+        raise typer.Exit(1)
+    own, default = project.concurrency_limit, settings.project_concurrency
+    if own is None:
+        told = (f"the default, at most {default} tasks queued or running" if default else "the default, no limit")
+        console.print(f"project {project.name!r}: concurrency limit {told} (FLUXRUN_PROJECT_CONCURRENCY)",
+                      soft_wrap=True)
+    else:
+        told = f"at most {own} tasks queued or running" if own else "no limit"
+        console.print(f"project {project.name!r}: concurrency limit {told}", soft_wrap=True)
+
+
+def _parse_limit(text: str) -> int | None:
+    """A concurrency limit from the command line: None for 'default', else a number >= 0."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        console.print(f"[red]limit: {text!r} is not a number >= 0 (0: no limit) or 'default'[/red]")
+        raise typer.Exit(2)
+    return value
+
+
+def _describe_limit(own: int | None, default: int) -> str:
+    if own is None:
+        return f"{default} (default)" if default else "none (default)"
+    return str(own) if own else "none"
 
 
 @keys_app.command("revoke")

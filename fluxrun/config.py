@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     port: int = 8000
     public_url: str | None = Field(None, description="base URL clients reach; default http://host:port")
     workers: int = Field(1, ge=0, description="worker processes started by serve")
+    worker_tools: str = Field(
+        "", description="comma-separated tools (owner/project, any case) a worker serves and loads; empty: every tool"
+    )
+    # The queue's limits (README "Queueing"); 0 is no limit.
+    project_concurrency: int = Field(
+        16, ge=0, description="most tasks of one project queued or running at once; `fluxrun keys limit` sets one "
+        "project's own; a Run over it gets error code 96"
+    )
+    queue_limit: int = Field(10_000, ge=0, description="most tasks queued in all; a Run beyond it gets HTTP 429")
     models: ModelsMode = "auto"
     lease_seconds: float = Field(30.0, gt=0, description="a worker that stops heartbeating loses its task after this")
     max_attempts: int = Field(3, ge=1, description="tries before a task whose worker keeps dying fails")

@@ -6,12 +6,16 @@ status and its message, so routes never format errors by hand:
     FluxrunError                      code 0, HTTP 200
     ├── ValidationError               code 0: names the field and the rule
     ├── NotFoundError                 code 1
-    ├── ConcurrencyLimitError         code 96
+    ├── ConcurrencyLimitError         code 96: a project's tasks in flight are at its limit
     ├── AuthError                     code 99, HTTP 401
     │   └── SignInRequiredError       code 98, HTTP 401
-    ├── RateLimitError                code 0, HTTP 429
+    ├── RateLimitError                code 0, HTTP 429, with a Retry-After header when it
+    │                                 knows when to come back (the queue is full)
     └── ShuttingDown                  code 0, HTTP 503 + Retry-After: this API process is
                                       draining (SIGTERM); a load balancer retries elsewhere
+
+An error may carry HTTP headers (``headers``); the API's error handler sends them with the
+error's body, so no route sets a header by hand.
 
 Errors that never reach the wire as such (they end a task or a worker's claim):
 
@@ -46,11 +50,7 @@ class FluxrunError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """HTTP headers the answer carries besides the body."""
-        return {}
+        self.headers: dict[str, str] = {}  # HTTP headers the answer carries besides the body
 
     def to_wire(self) -> dict[str, object]:
         return {"result": False, "errors": [{"code": self.code, "message": self.message}]}
@@ -72,6 +72,14 @@ class NotFoundError(FluxrunError):
 class ConcurrencyLimitError(FluxrunError):
     code = 96
 
+    @classmethod
+    def reached(cls, limit: int, in_flight: int) -> ConcurrencyLimitError:
+        """A Run refused because its project already has ``limit`` tasks queued or running."""
+        return cls(
+            f"Concurrency limit reached: this project has {in_flight} tasks queued or running and may have at "
+            f"most {limit} at once. Run again when one of them has ended."
+        )
+
 
 class AuthError(FluxrunError):
     code = 99
@@ -85,6 +93,21 @@ class SignInRequiredError(AuthError):
 class RateLimitError(FluxrunError):
     http_status = 429
 
+    def __init__(self, message: str, retry_after_seconds: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+        if retry_after_seconds is not None:
+            self.headers["Retry-After"] = str(retry_after_seconds)
+
+    @classmethod
+    def queue_full(cls, queued: int, limit: int, retry_after_seconds: int) -> RateLimitError:
+        """A Run refused because the server's queue holds ``limit`` tasks already."""
+        return cls(
+            f"The queue is full: {queued} tasks are waiting for a worker and the server accepts at most {limit}. "
+            f"Try again in {retry_after_seconds} seconds.",
+            retry_after_seconds,
+        )
+
 
 class ShuttingDown(FluxrunError):
     """This API process stopped taking tasks because it is shutting down."""
@@ -94,10 +117,7 @@ class ShuttingDown(FluxrunError):
     def __init__(self, message: str, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
+        self.headers["Retry-After"] = str(retry_after_seconds)
 
 
 class TaskStopped(Exception):

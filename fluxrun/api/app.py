@@ -104,6 +104,7 @@ class LogScope:
 
 async def _fluxrun_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxrunError)
+    # The error's own headers (Retry-After on a 429) go with it; the body is SPEC.md section 7's.
     return JSONResponse(exc.to_wire(), status_code=exc.http_status, headers=exc.headers or None)
 
 

@@ -16,6 +16,10 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
   ``max_attempts`` (the attempt number still grows, so the old attempt stays fenced off);
 - workers register in the worker registry and refresh their row by heartbeat; a row not
   refreshed by its ``alive_until`` is a worker that is gone.
+- claims follow the queue policy: a higher project priority first, then the project with the
+  fewest tasks running (ties: the one whose oldest queued task is oldest), FIFO within a
+  project; a Run that would put a project over its concurrency limit, or the queue over its
+  length limit, is refused atomically with the insert (nothing half-accepted).
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class Project:
     created_at: float
     revoked_at: float | None
     webhook_secret: str  # signs this project's callbacks
+    priority: int = 0  # a higher priority's queued tasks are claimed before any lower one's
+    concurrency_limit: int | None = None  # tasks queued or running at once; None: the server's default, 0: none
+
+    def effective_concurrency_limit(self, default: int) -> int:
+        """This project's limit given the server's default (FLUXRUN_PROJECT_CONCURRENCY); 0: no limit."""
+        return default if self.concurrency_limit is None else self.concurrency_limit
 
     @property
     def active(self) -> bool:
@@ -223,7 +233,18 @@ class TaskStore(ABC):
 
     # -- projects and keys ----------------------------------------------------------------
     @abstractmethod
-    def create_project(self, name: str, mode: AuthMode) -> Project: ...
+    def create_project(
+        self, name: str, mode: AuthMode, priority: int = 0, concurrency_limit: int | None = None
+    ) -> Project: ...
+
+    @abstractmethod
+    def set_priority(self, api_key: str, priority: int) -> Project | None:
+        """Set a project's claim priority; None when no project has that key."""
+
+    @abstractmethod
+    def set_concurrency_limit(self, api_key: str, limit: int | None) -> Project | None:
+        """Set a project's concurrency limit (None: the server's default, 0: no limit); None
+        when no project has that key."""
 
     @abstractmethod
     def list_projects(self) -> list[Project]: ...
@@ -252,7 +273,15 @@ class TaskStore(ABC):
         cps: Decimal,
         callback_url: str = "",
         debugoutput: str = "",
-    ) -> TaskRecord: ...
+        *,
+        concurrency_limit: int = 0,
+        queue_limit: int = 0,
+    ) -> TaskRecord:
+        """Queue a task. ``concurrency_limit`` is the server's default limit of a project's tasks
+        queued or running (the project's own limit wins when it has one), ``queue_limit`` the
+        most tasks queued in all; 0 is no limit. Over a limit, nothing is inserted and it raises
+        ConcurrencyLimitError (code 96) or RateLimitError (HTTP 429, Retry-After); the check and
+        the insert are one transaction, so concurrent Runs cannot both slip under a project's limit."""
 
     @abstractmethod
     def get_task(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
@@ -288,7 +317,11 @@ class TaskStore(ABC):
     # -- tasks: the worker's side ---------------------------------------------------------
     @abstractmethod
     def claim(self, worker_id: str, lease_seconds: float, now: float, tools: list[str] | None = None) -> Lease | None:
-        """Take the oldest queued task (of ``tools`` if given) under a new lease."""
+        """Take the next queued task (of ``tools``, exact slugs, if given) under a new lease.
+
+        Next: the highest project priority; among equals, the project with the fewest tasks
+        running now (ties: the project whose oldest queued task is oldest); within the
+        project, the oldest queued task."""
 
     @abstractmethod
     def heartbeat(self, lease: Lease, lease_seconds: float, now: float) -> Lease:

@@ -1,5 +1,11 @@
 """The tables, in SQLAlchemy Core. Alembic migrations (``migrations/``) create them;
-this module is what queries are written against. Times are unix seconds as floats."""
+this module is what queries are written against. Times are unix seconds as floats.
+
+A partial index holds only what its WHERE says; both databases use it only when a query
+carries the same condition with the same constant (a bound parameter does not do: SQLite
+cannot prove it, and a generic PostgreSQL plan cannot either), so queries that mean to use
+the queue's indexes write ``QUEUED_SQL`` / ``RUNNING_SQL`` literally (fluxrun.store.sql
+``_QUEUED`` / ``_RUNNING``)."""
 
 from __future__ import annotations
 
@@ -17,9 +23,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
+
+# The conditions of the partial indexes, as SQL text (see the module's docstring): queued,
+# and held by a worker (every status between the two, in the seeds' order).
+QUEUED_SQL = "status = 'task_queue'"
+RUNNING_SQL = (
+    "status IN ('task_accept', 'task_assign', 'task_preprocess_start', 'task_preprocess_end', 'task_start', "
+    "'task_output', 'task_end')"
+)
+
 
 projects = Table(
     "projects",
@@ -34,6 +50,10 @@ projects = Table(
     Column("revoked_at", Float, nullable=True),
     # Signs this project's callbacks (Standard Webhooks: "whsec_" + base64 of random bytes).
     Column("webhook_secret", String(128), nullable=False),
+    # Queue policy (README "Queueing"): a higher priority's queued tasks are claimed first;
+    # at most concurrency_limit tasks queued or running (NULL: FLUXRUN_PROJECT_CONCURRENCY, 0: no limit).
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("concurrency_limit", Integer, nullable=True),
 )
 
 nonces = Table(
@@ -84,7 +104,15 @@ tasks = Table(
     # Attempts a stopping worker handed back at once (TaskStore.hand_back): they are not
     # failures, so they do not count against max_attempts.
     Column("handed_back", Integer, nullable=False, default=0, server_default="0"),
-    Index("ix_tasks_claim", "status", "tool", "id"),
+    # The queue's indexes hold queued (or running) tasks only, so they stay as small as the
+    # queue however long the history grows. ix_tasks_queued: a project's oldest queued task
+    # (one seek), its queued count (one range), the queue's length (one scan); by tool: a
+    # project's oldest queued task of a tool (one seek); ix_tasks_running: a project's tasks
+    # in workers' hands (the claim's fair share, the concurrency limit).
+    Index("ix_tasks_queued", "project_id", "id", sqlite_where=text(QUEUED_SQL), postgresql_where=text(QUEUED_SQL)),
+    Index("ix_tasks_queued_tool", "project_id", "tool", "id",
+          sqlite_where=text(QUEUED_SQL), postgresql_where=text(QUEUED_SQL)),
+    Index("ix_tasks_running", "project_id", sqlite_where=text(RUNNING_SQL), postgresql_where=text(RUNNING_SQL)),
     Index("ix_tasks_project", "project_id", "id"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
 )

@@ -3,7 +3,8 @@
 Dialect differences live in their own files: how the engine is made, how a write
 transaction begins (sqlite.py: BEGIN IMMEDIATE; postgres.py: row locks with SKIP LOCKED)
 and how events travel (events_local.py, events_postgres.py). Every write that changes a
-task emits its events through ``_emit``; they reach listeners only if it commits.
+task emits its events through ``_emit``; they reach listeners only if it commits. The queue's
+policy (claim order, limits at Run) is queue.py.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fluxrun.store.base import (
 )
 from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
 from fluxrun.store.events import MAX_ERROR_CHARS, TASK_ERROR, EventBus, TaskEvent
+from fluxrun.store.queue import check_limits, next_task
 from fluxrun.store.schema import nonces, outputs, projects, tasks
 from fluxrun.store.stats import StatsQueries
 from fluxrun.store.workers import WorkerQueries
@@ -136,7 +138,9 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
         self.engine.dispose()
 
     # -- projects -------------------------------------------------------------------------
-    def create_project(self, name: str, mode: AuthMode) -> Project:
+    def create_project(
+        self, name: str, mode: AuthMode, priority: int = 0, concurrency_limit: int | None = None
+    ) -> Project:
         values = {
             "name": name,
             "mode": mode,
@@ -145,10 +149,25 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
             "created_at": _now(),
             "revoked_at": None,
             "webhook_secret": new_webhook_secret(),
+            "priority": priority,
+            "concurrency_limit": concurrency_limit,
         }
         with self._write() as conn:
             project_id = conn.execute(insert(projects).values(**values)).inserted_primary_key[0]
         return Project(id=int(project_id), **values)
+
+    def set_priority(self, api_key: str, priority: int) -> Project | None:
+        return self._set_project(api_key, priority=priority)
+
+    def set_concurrency_limit(self, api_key: str, limit: int | None) -> Project | None:
+        return self._set_project(api_key, concurrency_limit=limit)
+
+    def _set_project(self, api_key: str, **values: Any) -> Project | None:
+        # Revoked projects too: their queued tasks still run, under these settings.
+        with self._write() as conn:
+            conn.execute(update(projects).where(projects.c.api_key == api_key).values(**values))
+            row = conn.execute(select(projects).where(projects.c.api_key == api_key)).first()
+        return _project(row) if row else None
 
     def list_projects(self) -> list[Project]:
         with self._read() as conn:
@@ -199,6 +218,9 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
         cps: Decimal,
         callback_url: str = "",
         debugoutput: str = "",
+        *,
+        concurrency_limit: int = 0,
+        queue_limit: int = 0,
     ) -> TaskRecord:
         values = {
             "uuid": str(uuidlib.uuid4()),
@@ -217,6 +239,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
             "kill_requested": False,
         }
         with self._write() as conn:
+            check_limits(conn, project_id, concurrency_limit, queue_limit)
             task_id = int(conn.execute(insert(tasks).values(**values)).inserted_primary_key[0])
             self._emit(conn, task_id, Status.QUEUE.value, 0)
             return self._task(conn, task_id)
@@ -334,12 +357,9 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
 
     # -- tasks: worker side ---------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float, now: float, tools: list[str] | None = None) -> Lease | None:
-        query = select(tasks.c.id).where(tasks.c.status == Status.QUEUE.value)
-        if tools is not None:
-            query = query.where(tasks.c.tool.in_(tools))
-        query = query.order_by(tasks.c.id).limit(1).with_for_update(skip_locked=True)
+        wanted = tuple(dict.fromkeys(tools)) if tools is not None else None
         with self._write() as conn:
-            task_id = conn.execute(query).scalar()
+            task_id = next_task(conn, wanted)
             if task_id is None:
                 return None
             expires = now + lease_seconds
@@ -498,6 +518,8 @@ def _project(row: Row[Any]) -> Project:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         webhook_secret=row.webhook_secret,
+        priority=row.priority,
+        concurrency_limit=row.concurrency_limit,
     )
 
 

@@ -21,3 +21,17 @@ def find_tool(slugowner: str, slugproject: str) -> ToolSpec:
 def tool_by_slug(slug: str) -> ToolSpec:
     owner, _, project = slug.partition("/")
     return find_tool(owner, project)
+
+
+def tools_named(names: str) -> tuple[ToolSpec, ...]:
+    """The tools a comma-separated list of slugs names (``owner/project``, any case), in the
+    catalog's order; every tool when the list is empty. ValueError names an unknown slug and
+    the known ones."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    if not wanted:
+        return TOOLS
+    unknown = [name for name in wanted if name.lower() not in _BY_SLUG]
+    if unknown:
+        raise ValueError(f"unknown tool {unknown[0]!r} (known tools: {', '.join(sorted(t.slug for t in TOOLS))})")
+    chosen = {name.lower() for name in wanted}
+    return tuple(tool for tool in TOOLS if tool.slug.lower() in chosen)

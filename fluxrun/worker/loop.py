@@ -30,8 +30,9 @@ from fluxrun.logs import task_scope
 from fluxrun.status import Status
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import Lease, NewOutput, TaskStore
-from fluxrun.tools.catalog import tool_by_slug
+from fluxrun.tools.catalog import TOOLS, tool_by_slug
 from fluxrun.tools.request import PixelArtPass
+from fluxrun.tools.spec import ToolSpec
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
 from fluxrun.worker.moderation import Moderation
@@ -60,12 +61,18 @@ class Worker:
         worker_id: str | None = None,
         on_callback_owed: Callable[[], None] | None = None,
         presence: Presence | None = None,
+        tools: tuple[ToolSpec, ...] = TOOLS,
     ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         self.backends = backends
         self.worker_id = worker_id or default_worker_id()
+        # The tools this worker serves (FLUXRUN_WORKER_TOOLS): it claims their tasks only, named
+        # even when it serves them all, so that a task of a tool it does not know (queued by a
+        # newer API during an upgrade) waits for a worker that does.
+        self.tools = tools
+        self._tool_slugs = [tool.slug for tool in tools]
         self.moderation = Moderation(
             settings.safety_model, backends.options.device, settings.unsafe_labels, settings.safety_default_tolerance
         )
@@ -99,7 +106,7 @@ class Worker:
         """Run one task if there is one; False when the queue was empty."""
         now = time.time()
         self.store.expire_leases(now, self.settings.max_attempts)
-        lease = self.store.claim(self.worker_id, self.settings.lease_seconds, now)
+        lease = self.store.claim(self.worker_id, self.settings.lease_seconds, now, tools=self._tool_slugs)
         if lease is None:
             return False
         self.process(lease)

@@ -14,8 +14,7 @@ from fluxrun.config import Settings
 from fluxrun.errors import EXIT_CONFIG, BackendUnavailable, StorageUnavailable
 from fluxrun.storage import open_storage
 from fluxrun.store import open_store
-from fluxrun.tools.catalog import TOOLS
-from fluxrun.tools.spec import ToolSpec
+from fluxrun.tools.catalog import tools_named
 from fluxrun.worker.callbacks import Deliverer
 from fluxrun.worker.loop import Worker, default_worker_id
 from fluxrun.worker.moderation import Moderation
@@ -60,8 +59,13 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
     )
 
 
-def run_worker(settings: Settings, tools: tuple[ToolSpec, ...] = TOOLS) -> None:
-    """Serve ``tools`` until told to stop (worker/shutdown.py says how)."""
+def run_worker(settings: Settings) -> None:
+    """Serve the tools of FLUXRUN_WORKER_TOOLS until told to stop (worker/shutdown.py says how)."""
+    try:
+        tools = tools_named(settings.worker_tools)
+    except ValueError as exc:
+        print(f"fluxrun worker: FLUXRUN_WORKER_TOOLS: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CONFIG)
     try:
         mode, device = resolve_models_mode(settings.models, settings.device)
     except BackendUnavailable as exc:
@@ -72,8 +76,9 @@ def run_worker(settings: Settings, tools: tuple[ToolSpec, ...] = TOOLS) -> None:
         say(TINY_BANNER.format(reason=reason), logging.WARNING)
     else:
         log.info("serving real models on %s", device)
-    for line in lora_report(settings, mode):
+    for line in lora_report(settings, mode, tools):
         log.warning(line)
+    log.info("serving %s", ", ".join(tool.slug for tool in tools))
 
     if logs.is_json():
         route_library_logs()  # every line a JSON object: the model libraries' lines too, no progress bars
@@ -103,11 +108,11 @@ def run_worker(settings: Settings, tools: tuple[ToolSpec, ...] = TOOLS) -> None:
         presence.start()
         deliverer.start()
         backends = BackendCache(backend_options(settings, mode, device))
-        served = load_all(backends, tools)
+        served = load_all(backends, tools)  # only the backends of the tools served
         if settings.warmup:
             warm_up(backends, tools)
         worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake,
-                        presence=presence)
+                        presence=presence, tools=tools)
         load_moderation(worker.moderation)
         shutdown.loading = False
         if shutdown.stop.is_set():

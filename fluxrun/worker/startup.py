@@ -25,10 +25,10 @@ log = logging.getLogger("fluxrun.worker")
 WARMUP_STEPS = 2
 
 
-def lora_report(settings: Settings, mode: str) -> list[str]:
+def lora_report(settings: Settings, mode: str, tools: tuple[ToolSpec, ...] | None = None) -> list[str]:
     """One line per LoRA that will not be used as configured (real models only: tiny mode
-    builds a tiny LoRA for every adapter)."""
-    if mode != "real":
+    builds a tiny LoRA for every adapter; and only when one of ``tools`` runs on FLUX.1)."""
+    if mode != "real" or (tools is not None and all(tool.backend != FLUX1 for tool in tools)):
         return []
     lines: list[str] = []
     for name, source in sorted(configured_sources(FLUX1, settings.lora_sources()).items()):

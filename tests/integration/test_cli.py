@@ -6,9 +6,17 @@ import base64
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+
+from fluxrun.api.app import create_app
+from fluxrun.auth import signature_headers
+from fluxrun.config import Settings
+from fluxrun.storage.local import LocalStorage
+from fluxrun.store import open_store
 
 
 def fluxrun(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -43,6 +51,46 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
 
     bad = fluxrun("keys", "create", "--name", "x", "--mode", "open", data_dir=data)
     assert bad.returncode == 2 and "--mode must be signature or apikey" in bad.stderr
+
+
+def test_keys_priority_and_limit(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    vip = json.loads(fluxrun("keys", "create", "--name", "vip", "--priority", "5", "--limit", "1", "--json",
+                             data_dir=data).stdout)
+    plain = json.loads(fluxrun("keys", "create", "--name", "plain", "--json", data_dir=data).stdout)
+    listed = json.loads(fluxrun("keys", "list", "--json", data_dir=data).stdout)
+    assert [(p["name"], p["priority"], p["concurrency_limit"], p["effective_concurrency_limit"]) for p in listed] == [
+        ("vip", 5, 1, 1), ("plain", 0, None, 16)]
+
+    done = fluxrun("keys", "priority", plain["api_key"], "-2", data_dir=data)
+    assert done.returncode == 0 and done.stderr.strip() == "project 'plain': priority -2"
+    done = fluxrun("keys", "limit", plain["api_key"], "3", data_dir=data)
+    assert done.stderr.strip() == "project 'plain': concurrency limit at most 3 tasks queued or running"
+    done = fluxrun("keys", "limit", vip["api_key"], "0", data_dir=data)
+    assert done.stderr.strip() == "project 'vip': concurrency limit no limit"
+    table = fluxrun("keys", "list", data_dir=data).stdout.splitlines()
+    assert [[cell.strip() for cell in row.split("│")[7:9]] for row in table if "│" in row] == [["5", "none"], ["-2", "3"]]
+
+    # What the API enforces comes from there: plain may have 3 tasks in flight.
+    settings = Settings(data_dir=data)
+    store = open_store(settings.effective_database_url)
+    app = create_app(settings, store, LocalStorage(settings.outputs_dir), reaper=False)
+    with TestClient(app) as client:
+        def run() -> dict:
+            headers = signature_headers(plain["api_key"], plain["api_secret"], nonce=str(time.time_ns()))
+            return client.post("/v1/Run/desertPixel/Flat-Pixel-Art-FLUX", json={"prompt": "a"}, headers=headers).json()
+
+        assert [run()["result"] for _ in range(4)] == [True, True, True, False]
+        assert "may have at most 3 at once" in run()["errors"][0]["message"]
+    store.close()
+
+    done = fluxrun("keys", "limit", plain["api_key"], "default", data_dir=data)
+    assert done.stderr.strip() == ("project 'plain': concurrency limit the default, at most 16 tasks queued or running "
+                                   "(FLUXRUN_PROJECT_CONCURRENCY)")
+    refused = fluxrun("keys", "limit", plain["api_key"], "many", data_dir=data)
+    assert refused.returncode == 2 and "is not a number >= 0 (0: no limit) or 'default'" in refused.stderr
+    missing = fluxrun("keys", "priority", "nokey", "1", data_dir=data)
+    assert missing.returncode == 1 and "no key nokey" in missing.stderr
 
 
 def test_db_upgrade(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxrun.errors import IllegalTransition, LeaseLost
+from fluxrun.errors import ConcurrencyLimitError, IllegalTransition, LeaseLost, RateLimitError
 from fluxrun.status import Status
 from fluxrun.store import open_store
 from fluxrun.store.base import NewOutput, TaskStore
@@ -240,3 +240,193 @@ def test_concurrent_claims_never_share_a_task(store: TaskStore, project, databas
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
+
+
+# -- the queue's policy: claim order, limits ----------------------------------------------
+FLUX2 = "black-forest-labs/flux-2-flex-t2i"
+
+
+def _claim_ids(store: TaskStore, count: int, tools: list[str] | None = None) -> list[int]:
+    """Claim ``count`` tasks without finishing them (each claim leaves its task running)."""
+    leases = [store.claim("w", 30, time.time(), tools=tools) for _ in range(count)]
+    return [lease.task_id if lease else None for lease in leases]
+
+
+def test_claims_are_fifo_within_a_project(store: TaskStore, project) -> None:
+    ids = [_task(store, project.id).id for _ in range(4)]
+    assert _claim_ids(store, 5) == ids + [None]
+
+
+def test_the_project_with_fewer_tasks_running_goes_first(store: TaskStore, project) -> None:
+    burst = store.create_project("burst", "apikey")
+    first, second = _task(store, burst.id), _task(store, burst.id)
+    assert _claim_ids(store, 2) == [first.id, second.id]  # 2 of burst's running now
+    queued = [_task(store, burst.id).id for _ in range(20)]
+    single = _task(store, project.id)  # the newest task of all, but its project runs nothing
+    assert _claim_ids(store, 1) == [single.id]
+    assert _claim_ids(store, 1) == [queued[0]]
+
+
+def test_a_burst_is_shared_turn_by_turn_with_other_projects(store: TaskStore, project) -> None:
+    burst = store.create_project("burst", "apikey")
+    burst_ids = [_task(store, burst.id).id for _ in range(3)]
+    other_ids = [_task(store, project.id).id for _ in range(2)]
+    # Ties (as many running) go to the project whose oldest queued task is oldest: burst first.
+    assert _claim_ids(store, 6) == [burst_ids[0], other_ids[0], burst_ids[1], other_ids[1], burst_ids[2], None]
+
+
+def test_fair_share_counts_running_tasks_not_finished_ones(store: TaskStore, project) -> None:
+    busy = store.create_project("busy", "apikey")
+    done = _task(store, busy.id)
+    lease = store.claim("w", 30, time.time())
+    store.finish_success(lease, [], 0.1, time.time())
+    busy_next, mine = _task(store, busy.id), _task(store, project.id)
+    assert done.id < busy_next.id < mine.id
+    assert _claim_ids(store, 2) == [busy_next.id, mine.id]  # nothing running on either: oldest first
+
+
+def test_priority_beats_fair_share(store: TaskStore, project) -> None:
+    vip = store.create_project("vip", "apikey", priority=5)
+    plain = _task(store, project.id)  # older, and its project runs nothing
+    vip_ids = [_task(store, vip.id).id for _ in range(3)]
+    assert _claim_ids(store, 4) == vip_ids + [plain.id]
+
+    assert store.set_priority(project.api_key, 9).priority == 9
+    assert store.project_by_key(project.api_key).priority == 9
+    later_vip, later_plain = _task(store, vip.id), _task(store, project.id)
+    assert _claim_ids(store, 2) == [later_plain.id, later_vip.id]
+    assert store.set_priority("no-such-key", 1) is None
+
+
+def test_the_tools_filter_keeps_fair_share_among_its_tools(store: TaskStore, project) -> None:
+    other = store.create_project("other", "apikey")
+    mine_pixel = _task(store, project.id)
+    mine_flux2 = _task(store, project.id, tool=FLUX2)
+    other_flux2 = _task(store, other.id, tool=FLUX2)
+    assert store.claim("w", 30, time.time(), tools=[]) is None
+    assert _claim_ids(store, 1, tools=[TOOL]) == [mine_pixel.id]
+    # project now runs one task, other none: other's flux2 task first, though mine is older.
+    assert _claim_ids(store, 3, tools=[FLUX2, TOOL]) == [other_flux2.id, mine_flux2.id, None]
+
+
+def test_many_claimers_claim_every_task_exactly_once(store: TaskStore, database_url: str) -> None:
+    projects_ = [store.create_project(f"p{i}", "apikey") for i in range(6)]
+    expected = [_task(store, projects_[n % 6].id, tool=TOOL if n % 3 else FLUX2).id for n in range(300)]
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def claimer(index: int) -> None:
+        own = open_store(database_url)  # its own engine: its own connections on PostgreSQL
+        tools = None if index % 3 == 0 else ([TOOL, FLUX2] if index % 3 == 1 else [TOOL])
+        try:
+            start.wait()
+            while (lease := own.claim(f"w{index}", 30, time.time(), tools=tools)) is not None:
+                with lock:
+                    claimed.append(lease.task_id)
+                own.finish_success(lease, [], 0.01, time.time())
+        except BaseException as exc:  # a deadlock or a double claim's LeaseLost would land here
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(claimed) == len(set(claimed)) == 300 and sorted(claimed) == sorted(expected)
+    assert all(t.status is Status.POSTPROCESS_END for p in projects_ for t in store.list_tasks(p.id, start=0, limit=100)[1])
+
+
+def test_a_project_over_its_concurrency_limit_is_refused(store: TaskStore, project) -> None:
+    def run() -> int:
+        return store.create_task(project.id, TOOL, {"prompt": "p"}, CPS, concurrency_limit=3).id
+
+    ids = [run() for _ in range(3)]
+    with pytest.raises(ConcurrencyLimitError) as refused:
+        run()
+    assert refused.value.code == 96 and refused.value.http_status == 200
+    assert refused.value.message == (
+        "Concurrency limit reached: this project has 3 tasks queued or running and may have at most 3 at once. "
+        "Run again when one of them has ended."
+    )
+    assert store.list_tasks(project.id, start=0, limit=10)[0] == 3  # nothing half-made
+    # Running tasks count too; a finished or cancelled one frees its place.
+    lease = store.claim("w", 30, time.time())
+    with pytest.raises(ConcurrencyLimitError):
+        run()
+    store.finish_success(lease, [], 0.1, time.time())
+    ids.append(run())
+    store.cancel_queued(project.id, ids[1], time.time())
+    ids.append(run())
+    # Other projects have their own count.
+    other = store.create_project("other", "apikey")
+    assert store.create_task(other.id, TOOL, {"prompt": "p"}, CPS, concurrency_limit=3)
+
+
+def test_a_projects_own_limit_wins_over_the_default(store: TaskStore, project) -> None:
+    def run() -> object:
+        return store.create_task(project.id, TOOL, {"prompt": "p"}, CPS, concurrency_limit=1)
+
+    assert store.set_concurrency_limit(project.api_key, 2).concurrency_limit == 2
+    run(), run()
+    with pytest.raises(ConcurrencyLimitError, match="has 2 tasks queued or running and may have at most 2"):
+        run()
+    assert store.set_concurrency_limit(project.api_key, 0).concurrency_limit == 0  # no limit at all
+    for _ in range(3):
+        run()
+    assert store.set_concurrency_limit(project.api_key, None).concurrency_limit is None  # the default again
+    with pytest.raises(ConcurrencyLimitError, match="has 5 tasks queued or running and may have at most 1"):
+        run()
+    assert store.set_concurrency_limit("no-such-key", 3) is None
+    capped = store.create_project("capped", "apikey", concurrency_limit=0)
+    assert store.create_task(capped.id, TOOL, {}, CPS, concurrency_limit=0)  # both off: no limit
+
+
+def test_concurrent_runs_never_pass_the_limit(store: TaskStore, project) -> None:
+    accepted: list[int] = []
+    refused: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(20)
+
+    def run() -> None:
+        start.wait()
+        try:
+            task = store.create_task(project.id, TOOL, {"prompt": "p"}, CPS, concurrency_limit=5)
+        except BaseException as exc:
+            with lock:
+                refused.append(exc)
+        else:
+            with lock:
+                accepted.append(task.id)
+
+    threads = [threading.Thread(target=run) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(accepted) == 5 and len(refused) == 15
+    assert all(isinstance(exc, ConcurrencyLimitError) for exc in refused), refused
+    assert store.list_tasks(project.id, start=0, limit=50)[0] == 5
+
+
+def test_a_full_queue_refuses_runs_with_retry_after(store: TaskStore, project) -> None:
+    other = store.create_project("other", "apikey")
+    store.create_task(project.id, TOOL, {}, CPS, queue_limit=3)
+    store.create_task(other.id, TOOL, {}, CPS, queue_limit=3)
+    store.create_task(other.id, TOOL, {}, CPS, queue_limit=3)
+    with pytest.raises(RateLimitError) as refused:
+        store.create_task(project.id, TOOL, {}, CPS, queue_limit=3)
+    assert refused.value.http_status == 429 and refused.value.code == 0
+    assert refused.value.headers == {"Retry-After": "30"}
+    assert refused.value.message == (
+        "The queue is full: 3 tasks are waiting for a worker and the server accepts at most 3. "
+        "Try again in 30 seconds."
+    )
+    assert store.list_tasks(project.id, start=0, limit=10)[0] == 1
+    store.claim("w", 30, time.time())  # running tasks are not in the queue any more
+    assert store.create_task(project.id, TOOL, {}, CPS, queue_limit=3)
+    assert store.create_task(project.id, TOOL, {}, CPS, queue_limit=0)  # 0: no limit

@@ -92,6 +92,20 @@ def test_a_backend_that_cannot_load_fails_its_task_clearly_and_the_worker_goes_o
     assert store.get_task(project.id, task_id=pixel.id).pexit == 0
 
 
+def test_a_worker_of_one_tool_leaves_the_other_tools_tasks_queued(
+    store: TaskStore, backends: BackendCache, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, lease_seconds=5.0)
+    worker = Worker(settings, store, LocalStorage(settings.outputs_dir), backends, worker_id="test/pixel",
+                    tools=(PIXEL,))
+    project, flux2 = _submit(store, FLUX2)  # the oldest task, of a tool this worker does not serve
+    _, pixel = _submit(store)
+    assert worker.run_once() and not worker.run_once()
+    assert store.get_task(project.id, task_id=pixel.id).pexit == 0
+    waiting = store.get_task(project.id, task_id=flux2.id)
+    assert waiting.status is Status.QUEUE and waiting.attempt == 0
+
+
 def test_a_backend_error_ends_the_task_not_the_worker(worker: Worker, store: TaskStore, monkeypatch) -> None:
     backend = worker.backends.get("flux1")
 

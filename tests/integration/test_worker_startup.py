@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,37 @@ def test_warm_up_runs_each_tool_once_and_loading_failures_are_reported(
     messages = [r.getMessage() for r in caplog.records]
     assert "backend no-such-backend cannot be loaded: No backend named 'no-such-backend' in this fluxrun version." in messages
     assert any(m.startswith("warm-up of desertPixel/Flat-Pixel-Art-FLUX (1024x1024, 2 steps): ") for m in messages)
+
+
+def test_a_worker_serves_and_loads_only_its_tools(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert subprocess.run([sys.executable, "-m", "fluxrun", "db", "upgrade", "--data-dir", str(data)],
+                          capture_output=True, timeout=120).returncode == 0
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "fluxrun", "worker", "--models", "tiny", "--data-dir", str(data),
+             "--tools", " Black-Forest-Labs/FLUX-2-flex-t2i "],  # any case, spaces around
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while " ready (tiny models on cpu)" not in log_path.read_text():
+                assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+    text = log_path.read_text()
+    assert "serving black-forest-labs/flux-2-flex-t2i\n" in text
+    assert "backend flux2 ready" in text and "backend flux1" not in text  # the FLUX.1 tools' backend stays unloaded
+
+
+def test_an_unknown_tool_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fluxrun", "worker", "--tools", "desertPixel/Flat-Pixel-Art-FLUX,x/y",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CONFIG  # the supervisor does not restart it
+    assert done.stderr.strip().splitlines() == [
+        "fluxrun worker: FLUXRUN_WORKER_TOOLS: unknown tool 'x/y' (known tools: black-forest-labs/flux-2-flex-t2i, "
+        "desertPixel/Flat-Pixel-Art-FLUX, fluxrun/Realism-FLUX)"
+    ]

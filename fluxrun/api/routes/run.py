@@ -34,7 +34,12 @@ def run(
     tool = find_tool(owner, project)
     parameters = tool.validate(body)
     callback_url, note = callback_from(body.get("callbackUrl"), state.settings.callback_allowlist)
-    task = state.store.create_task(caller.id, tool.slug, parameters, tool.cps, callback_url, debugoutput=note)
+    # Over the project's concurrency limit: code 96 (HTTP 200, as the hosted service answers);
+    # the queue full: HTTP 429 with Retry-After. Both raised by the store, atomically with the insert.
+    task = state.store.create_task(
+        caller.id, tool.slug, parameters, tool.cps, callback_url, debugoutput=note,
+        concurrency_limit=state.settings.project_concurrency, queue_limit=state.settings.queue_limit,
+    )
     tag_task(task.id)
     return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.token, "result": True}
 
