@@ -161,9 +161,9 @@ def _wait_ready(url: str, key: str, secret: str, process: subprocess.Popen[bytes
 def measure(database_url: str, apis: int, clients: int, seconds: float, folder: Path) -> dict[str, Phase]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
     env = {**inherited, "PYTHONPATH": str(ROOT), "FLUXRUN_DATABASE_URL": database_url,
-           # No worker runs: every task stays queued. Were a queue limit configured, it
-           # must not refuse the benchmark's tasks.
-           "FLUXRUN_QUEUE_LIMIT": "100000000"}
+           # No worker runs: every task stays queued; neither the queue limit nor the
+           # project's concurrency limit may refuse the benchmark's tasks.
+           "FLUXRUN_QUEUE_LIMIT": "0", "FLUXRUN_PROJECT_CONCURRENCY": "0"}
     admin = {**env, "FLUXRUN_DATA_DIR": str(folder / "admin")}
     _fluxrun(admin, "db", "upgrade")
     created = json.loads(_fluxrun(admin, "keys", "create", "--name", "bench", "--json"))
