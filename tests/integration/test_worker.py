@@ -143,13 +143,22 @@ def test_kill_stops_generation_at_the_next_step(worker: Worker, store: TaskStore
 
 
 def test_heartbeats_keep_a_task_longer_than_its_lease(
-    store: TaskStore, backends: BackendCache, tmp_path: Path
+    store: TaskStore, backends: BackendCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The lease is 3 s (a beat each second, slack for a busy machine); this task takes longer.
-    # Without heartbeats it would be re-queued.
-    settings = Settings(data_dir=tmp_path, lease_seconds=3.0, max_attempts=2)
+    # The lease is 2 s (a beat every 0.67 s); the task takes 4 s, sleeping between its steps
+    # so a busy machine cannot stretch it. Without heartbeats it would be re-queued.
+    settings = Settings(data_dir=tmp_path, lease_seconds=2.0, max_attempts=2)
     worker = Worker(settings, store, LocalStorage(settings.outputs_dir), backends, worker_id="test/1")
-    project, task = _submit(store, steps=30, width=1024, height=1024)
+    generate = backends.get("flux1").generate
+
+    def slow(request, job):
+        for step in range(40):
+            time.sleep(0.1)
+            job.step(step + 1, 40)
+        return generate(request, job)
+
+    monkeypatch.setattr(backends.get("flux1"), "generate", slow)
+    project, task = _submit(store)
     stop = threading.Event()
 
     def reaper() -> None:
