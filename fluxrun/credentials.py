@@ -19,9 +19,9 @@ class FirstRun:
 def ensure_first_project(store: TaskStore, path: Path, base_url: str) -> FirstRun | None:
     """On a database with no project yet: create one (signature mode) and write its
     credentials to ``path`` (mode 0600). None when projects already exist."""
-    if store.list_projects():
+    project = store.create_first_project("default", "signature")
+    if project is None:
         return None
-    project = store.create_project("default", "signature")
     write_credentials(path, project, base_url)
     return FirstRun(project=project, path=path)
 

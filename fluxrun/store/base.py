@@ -238,6 +238,11 @@ class TaskStore(ABC):
     ) -> Project: ...
 
     @abstractmethod
+    def create_first_project(self, name: str, mode: AuthMode) -> Project | None:
+        """Create a project only if the database has none yet (None otherwise), atomically:
+        of several processes starting together on an empty database, exactly one creates it."""
+
+    @abstractmethod
     def set_priority(self, api_key: str, priority: int) -> Project | None:
         """Set a project's claim priority; None when no project has that key."""
 

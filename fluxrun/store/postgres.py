@@ -23,7 +23,7 @@ class PostgresTaskStore(SqlTaskStore):
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
         super().__init__(engine, PostgresEventBus(url, engine))
 
-    def _lock_schema(self, conn: Connection) -> None:
+    def _lock_setup(self, conn: Connection) -> None:
         # Without it, two processes migrating at once both see an empty schema and the
         # second fails on "relation already exists".
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})

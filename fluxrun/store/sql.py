@@ -117,17 +117,17 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
         config.set_main_option("script_location", str(_MIGRATIONS))
         # Processes of a new release may start together, each migrating at start: the first
         # migrates, the others wait for its transaction to commit and find the schema current.
-        # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_schema).
+        # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_setup).
         with self.engine.connect() as conn:
             conn.execution_options(fluxrun_write=True)
             with conn.begin():
-                self._lock_schema(conn)
+                self._lock_setup(conn)
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
 
-    def _lock_schema(self, conn: Connection) -> None:
-        """Hold the database's migration lock until ``conn``'s transaction ends (SQLite's
-        BEGIN IMMEDIATE already is one)."""
+    def _lock_setup(self, conn: Connection) -> None:
+        """Hold the database's set-up lock (migrations, the first project) until ``conn``'s
+        transaction ends (SQLite's BEGIN IMMEDIATE already is one)."""
 
     def ping(self) -> None:
         with self._read() as conn:
@@ -141,20 +141,17 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
     def create_project(
         self, name: str, mode: AuthMode, priority: int = 0, concurrency_limit: int | None = None
     ) -> Project:
-        values = {
-            "name": name,
-            "mode": mode,
-            "api_key": secrets.token_hex(16),
-            "api_secret": secrets.token_hex(24) if mode == "signature" else None,
-            "created_at": _now(),
-            "revoked_at": None,
-            "webhook_secret": new_webhook_secret(),
-            "priority": priority,
-            "concurrency_limit": concurrency_limit,
-        }
         with self._write() as conn:
-            project_id = conn.execute(insert(projects).values(**values)).inserted_primary_key[0]
-        return Project(id=int(project_id), **values)
+            return _insert_project(conn, name, mode, priority, concurrency_limit)
+
+    def create_first_project(self, name: str, mode: AuthMode) -> Project | None:
+        # Under the set-up lock: API processes starting together on an empty database would
+        # otherwise each see no project and each create one.
+        with self._write() as conn:
+            self._lock_setup(conn)
+            if conn.execute(select(projects.c.id).limit(1)).first() is not None:
+                return None
+            return _insert_project(conn, name, mode)
 
     def set_priority(self, api_key: str, priority: int) -> Project | None:
         return self._set_project(api_key, priority=priority)
@@ -490,6 +487,24 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
                     OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at)
                 )
         return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
+
+
+def _insert_project(
+    conn: Connection, name: str, mode: AuthMode, priority: int = 0, concurrency_limit: int | None = None
+) -> Project:
+    values = {
+        "name": name,
+        "mode": mode,
+        "api_key": secrets.token_hex(16),
+        "api_secret": secrets.token_hex(24) if mode == "signature" else None,
+        "created_at": _now(),
+        "revoked_at": None,
+        "webhook_secret": new_webhook_secret(),
+        "priority": priority,
+        "concurrency_limit": concurrency_limit,
+    }
+    project_id = conn.execute(insert(projects).values(**values)).inserted_primary_key[0]
+    return Project(id=int(project_id), **values)
 
 
 def _failed(now: float, error: str, pexit: int) -> dict[str, Any]:

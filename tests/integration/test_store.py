@@ -430,3 +430,22 @@ def test_a_full_queue_refuses_runs_with_retry_after(store: TaskStore, project) -
     store.claim("w", 30, time.time())  # running tasks are not in the queue any more
     assert store.create_task(project.id, TOOL, {}, CPS, queue_limit=3)
     assert store.create_task(project.id, TOOL, {}, CPS, queue_limit=0)  # 0: no limit
+
+
+def test_of_processes_starting_together_on_an_empty_database_one_creates_the_first_project(
+    database_url: str, store: TaskStore
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fluxrun.store import open_store
+
+    stores = [open_store(database_url) for _ in range(6)]  # six processes' own connections
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            made = list(pool.map(lambda s: s.create_first_project("default", "signature"), stores))
+    finally:
+        for opened in stores:
+            opened.close()
+    assert sum(project is not None for project in made) == 1
+    assert [p.name for p in store.list_projects()] == ["default"]
+    assert store.create_first_project("default", "signature") is None
