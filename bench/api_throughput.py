@@ -33,10 +33,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import percentile, postgres_schema_url  # noqa: E402
 
 RUN_PATH = "/v1/Run/desertPixel/Flat-Pixel-Art-FLUX"
 RUN_BODY = {"prompt": "bench", "steps": 2, "width": 64, "height": 64}
@@ -113,12 +114,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _pct(values: list[float], pct: int) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return 1000 * ordered[index]
 
 
 def _cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
@@ -203,7 +198,7 @@ def measure(database_url: str, apis: int, clients: int, seconds: float, folder: 
                 if not latencies:
                     raise SystemExit(f"no {kind} request succeeded")
                 client_cpu = sum(outcome["cpu"] for outcome in outcomes)
-                results[kind] = Phase(len(latencies), seconds, _pct(latencies, 50), _pct(latencies, 99), len(errors),
+                results[kind] = Phase(len(latencies), seconds, 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99), len(errors),
                                       api_cpu, client_cpu)
                 if kind == "run":
                     taskids = [taskid for outcome in outcomes for taskid in outcome["made"]]
@@ -218,15 +213,6 @@ def measure(database_url: str, apis: int, clients: int, seconds: float, folder: 
                 process.kill()
 
 
-def _postgres_schema_url(base: str) -> tuple[str, str, str]:
-    """(server URL, URL of a new schema of its own, the schema's name)."""
-    if base.startswith(("postgres://", "postgresql://")):
-        base = "postgresql+psycopg://" + base.split("://", 1)[1]
-    schema = f"fluxrun_bench_{secrets.token_hex(4)}"
-    separator = "&" if "?" in base else "?"
-    return base, f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
-
-
 def run_config(database: str, apis: int, args: argparse.Namespace) -> dict[str, Phase]:
     from sqlalchemy import create_engine, text
 
@@ -234,7 +220,7 @@ def run_config(database: str, apis: int, args: argparse.Namespace) -> dict[str, 
         folder = Path(name)
         if database == "sqlite":
             return measure(f"sqlite:///{folder / 'bench.db'}", apis, args.clients, args.seconds, folder)
-        base, url, schema = _postgres_schema_url(args.postgres)
+        base, url, schema = postgres_schema_url(args.postgres)
         engine = create_engine(base)
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))

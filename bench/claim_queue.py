@@ -37,10 +37,11 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import percentile, postgres_schema_url  # noqa: E402
 
 from sqlalchemy import create_engine, insert, select, text, update  # noqa: E402
 
@@ -176,19 +177,6 @@ def _id(lease: Any) -> int | None:
     return lease.task_id if lease is not None else None
 
 
-def _pct(values: list[float], pct: int) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
-
-
-def _postgres_schema_url(base: str) -> tuple[str, str, str]:
-    if base.startswith(("postgres://", "postgresql://")):
-        base = "postgresql+psycopg://" + base.split("://", 1)[1]
-    schema = f"fluxrun_bench_{secrets.token_hex(4)}"
-    separator = "&" if "?" in base else "?"
-    return base, f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--postgres", default=os.environ.get("FLUXRUN_TEST_DATABASE_URL"))
@@ -206,7 +194,7 @@ def main() -> None:
         runs["sqlite"] = measure(f"sqlite:///{folder}/bench.db", args.queued, args.projects, args.history,
                                  args.claims, args.without_queue_indexes)
     if args.postgres:
-        base, url, schema = _postgres_schema_url(args.postgres)
+        base, url, schema = postgres_schema_url(args.postgres)
         admin = create_engine(base)
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -223,8 +211,8 @@ def main() -> None:
     print(f"{'database':9} {'case':20} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
     for database, results in runs.items():
         for name, values in results.items():
-            print(f"{database:9} {name:20} {statistics.median(values):8.2f} {_pct(values, 90):8.2f} "
-                  f"{_pct(values, 99):8.2f}")
+            print(f"{database:9} {name:20} {statistics.median(values):8.2f} {percentile(values, 90):8.2f} "
+                  f"{percentile(values, 99):8.2f}")
         base = statistics.median(results["fifo"])
         ratios = [f"{name.removeprefix('fair ')}/fifo {statistics.median(v) / base:.2f}x"
                   for name, v in results.items() if name.startswith("fair")]

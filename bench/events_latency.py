@@ -25,20 +25,19 @@ import argparse
 import json
 import os
 import random
-import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import percentile, postgres_schema_url  # noqa: E402
 
 from fluxrun.status import Status  # noqa: E402
 from fluxrun.store import open_store  # noqa: E402
@@ -119,31 +118,16 @@ def measure(url: str, events: int) -> dict[str, dict[str, float]]:
             process.wait(timeout=30)
             latencies = [latency for _, latency in seen]
             after_commit = [latency - writes[step - 1] for step, latency in seen]
-            results[mode] = {"p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99),
-                             "commit_p50_ms": _pct(after_commit, 50), "commit_p99_ms": _pct(after_commit, 99),
+            results[mode] = {"p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
+                             "commit_p50_ms": 1000 * percentile(after_commit, 50), "commit_p99_ms": 1000 * percentile(after_commit, 99),
                              "seen": len(latencies), "idle_cpu_pct": 100 * idle[mode]}
-        results["write"] = {"p50_ms": _pct(writes, 50), "p99_ms": _pct(writes, 99)}
+        results["write"] = {"p50_ms": 1000 * percentile(writes, 50), "p99_ms": 1000 * percentile(writes, 99)}
         return results
     finally:
         for process in watchers.values():
             if process.poll() is None:
                 process.kill()
         store.close()
-
-
-def _pct(values: list[float], pct: int) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return 1000 * ordered[index]
-
-
-def _postgres_schema_url(base: str) -> tuple[str, str, str]:
-    """(server URL, URL of a new schema of its own, the schema's name)."""
-    if base.startswith(("postgres://", "postgresql://")):
-        base = "postgresql+psycopg://" + base.split("://", 1)[1]
-    schema = f"fluxrun_bench_{secrets.token_hex(4)}"
-    separator = "&" if "?" in base else "?"
-    return base, f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
 
 
 def main() -> None:
@@ -163,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         runs["sqlite"] = measure(f"sqlite:///{folder}/bench.db", args.events)
     if args.postgres:
-        base, url, schema = _postgres_schema_url(args.postgres)
+        base, url, schema = postgres_schema_url(args.postgres)
         engine = create_engine(base)
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))

@@ -20,7 +20,6 @@ import pytest
 
 from fluxrun.errors import LeaseLost
 from fluxrun.status import Status
-from fluxrun.store import open_store
 from fluxrun.store.base import NewOutput, TaskStore
 from fluxrun.store.events import TASK_ERROR, TASK_PREVIEW, EventTooLarge, Subscription, TaskEvent
 from tests.conftest import BACKENDS

@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -181,7 +180,7 @@ def test_killed_worker_task_runs_again_and_ends_once(crashy: Server) -> None:
     task = crashy.wait_for(run["taskid"], timeout=180)
     assert task["status"] == "task_postprocess_end" and task["pexit"] == "0", task
     assert len(task["outputs"]) == 1
-    assert f"attempt 1: lost worker" in task["debugoutput"]
+    assert "attempt 1: lost worker" in task["debugoutput"]
     second = re.search(r"attempt 2: worker [^/\s]+/(\d+)", task["debugoutput"])
     assert second and int(second.group(1)) != first_pid
     assert crashy.worker_pids() and first_pid not in crashy.worker_pids()
