@@ -17,10 +17,9 @@ from fluxrun.store import open_store
 from fluxrun.tools.catalog import tools_named
 from fluxrun.worker.callbacks import Deliverer
 from fluxrun.worker.loop import Worker, default_worker_id
-from fluxrun.worker.moderation import Moderation
 from fluxrun.worker.presence import Presence
 from fluxrun.worker.shutdown import Shutdown
-from fluxrun.worker.startup import load_all, lora_report, warm_up
+from fluxrun.worker.startup import load_all, load_moderation, lora_report, say, warm_up
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -32,13 +31,6 @@ TINY_BANNER = """
 *  weights to serve the real models.
 ************************************************************************************
 """
-
-
-UNMODERATED_LINE = (
-    "fluxrun worker: local generation is UNMODERATED (no FLUXRUN_SAFETY_MODEL): images made here are stored "
-    "without a safety check. Set FLUXRUN_SAFETY_MODEL to an image classifier "
-    "(e.g. Falconsai/nsfw_image_detection) to screen them."
-)
 
 
 def backend_options(settings: Settings, mode: str, device: str) -> BackendOptions:
@@ -64,7 +56,7 @@ def run_worker(settings: Settings) -> None:
     try:
         tools = tools_named(settings.worker_tools)
     except ValueError as exc:
-        print(f"fluxrun worker: FLUXRUN_WORKER_TOOLS: {exc}", file=sys.stderr, flush=True)
+        say(f"fluxrun worker: FLUXRUN_WORKER_TOOLS: {exc}", logging.ERROR)
         sys.exit(EXIT_CONFIG)
     try:
         mode, device = resolve_models_mode(settings.models, settings.device)
@@ -127,25 +119,3 @@ def run_worker(settings: Settings) -> None:
         presence.stop()
         store.close()
         log.info("worker %s stopped", worker_id)
-
-
-def say(text: str, level: int) -> None:
-    """A message an operator must not miss: printed as it is (a banner) in text logs, one log
-    line in JSON logs, where every line must be a JSON object."""
-    if logs.is_json():
-        log.log(level, text.strip())
-    else:
-        print(text, file=sys.stderr, flush=True)
-
-
-def load_moderation(moderation: Moderation) -> None:
-    """Load the safety classifier now (not on the first task), or say that there is none."""
-    if not moderation.configured:
-        say(UNMODERATED_LINE, logging.WARNING)
-        return
-    try:
-        checker = moderation.checker()
-    except BackendUnavailable as exc:  # every locally generated task fails with this message until it loads
-        log.warning("safety classifier unavailable: %s Local tasks fail until it loads.", exc)
-        return
-    log.info("%s; default safetyTolerance %d", checker.description, moderation.default_tolerance)

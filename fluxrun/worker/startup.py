@@ -1,4 +1,5 @@
-"""What a worker does before it takes tasks: say what it serves, load, warm up.
+"""What a worker does before it takes tasks: say what it serves, load its models and its
+safety classifier, warm up.
 
 Every problem an operator can fix is one log line that says what to do: a device that is
 not there (fatal: the worker exits with errors.EXIT_CONFIG and is not restarted), a gated or
@@ -9,16 +10,19 @@ The same messages reach each affected task's debugoutput or debugerror.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from fluxrun.backends import memory
 from fluxrun.backends.base import RecordingJob
 from fluxrun.backends.flux1 import BACKEND_NAME as FLUX1
 from fluxrun.backends.lora import configured_sources, lora_setting, source_problem
+from fluxrun import logs
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
 from fluxrun.errors import BackendUnavailable
 from fluxrun.tools.spec import ToolSpec
+from fluxrun.worker.moderation import Moderation
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -74,3 +78,32 @@ def warm_up(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
             continue
         log.info("warm-up of %s (%dx%d, %d steps): %.1f s", tool.slug, request.width, request.height,
                  request.steps, time.monotonic() - started)
+
+
+UNMODERATED_LINE = (
+    "fluxrun worker: local generation is UNMODERATED (no FLUXRUN_SAFETY_MODEL): images made here are stored "
+    "without a safety check. Set FLUXRUN_SAFETY_MODEL to an image classifier "
+    "(e.g. Falconsai/nsfw_image_detection) to screen them."
+)
+
+
+def say(text: str, level: int) -> None:
+    """A message an operator must not miss: printed as it is (a banner) in text logs, one log
+    line in JSON logs, where every line must be a JSON object."""
+    if logs.is_json():
+        log.log(level, text.strip())
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def load_moderation(moderation: Moderation) -> None:
+    """Load the safety classifier now (not on the first task), or say that there is none."""
+    if not moderation.configured:
+        say(UNMODERATED_LINE, logging.WARNING)
+        return
+    try:
+        checker = moderation.checker()
+    except BackendUnavailable as exc:  # every locally generated task fails with this message until it loads
+        log.warning("safety classifier unavailable: %s Local tasks fail until it loads.", exc)
+        return
+    log.info("%s; default safetyTolerance %d", checker.description, moderation.default_tolerance)

@@ -27,7 +27,7 @@ from fluxrun.storage.local import LocalStorage
 from fluxrun.store.base import TaskStore
 from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.loop import Worker
-from fluxrun.worker.main import UNMODERATED_LINE, load_moderation
+from fluxrun.worker.startup import UNMODERATED_LINE, load_moderation
 from fluxrun.worker.moderation import UNMODERATED_NOTE, Moderation
 from tests.conftest import BACKENDS
 
