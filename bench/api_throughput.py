@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile, postgres_schema_url  # noqa: E402
+from bench.common import percentile, postgres_schema  # noqa: E402
 
 RUN_PATH = "/v1/Run/desertPixel/Flat-Pixel-Art-FLUX"
 RUN_BODY = {"prompt": "bench", "steps": 2, "width": 64, "height": 64}
@@ -214,22 +214,13 @@ def measure(database_url: str, apis: int, clients: int, seconds: float, folder: 
 
 
 def run_config(database: str, apis: int, args: argparse.Namespace) -> dict[str, Phase]:
-    from sqlalchemy import create_engine, text
 
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         if database == "sqlite":
             return measure(f"sqlite:///{folder / 'bench.db'}", apis, args.clients, args.seconds, folder)
-        base, url, schema = postgres_schema_url(args.postgres)
-        engine = create_engine(base)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
+        with postgres_schema(args.postgres) as url:
             return measure(url, apis, args.clients, args.seconds, folder)
-        finally:
-            with engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
 
 
 def main() -> None:

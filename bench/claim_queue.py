@@ -41,9 +41,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile, postgres_schema_url  # noqa: E402
+from bench.common import percentile, postgres_schema  # noqa: E402
 
-from sqlalchemy import create_engine, insert, select, text, update  # noqa: E402
+from sqlalchemy import insert, select, text, update  # noqa: E402
 
 from fluxrun.status import Status  # noqa: E402
 from fluxrun.store import open_store  # noqa: E402
@@ -194,17 +194,9 @@ def main() -> None:
         runs["sqlite"] = measure(f"sqlite:///{folder}/bench.db", args.queued, args.projects, args.history,
                                  args.claims, args.without_queue_indexes)
     if args.postgres:
-        base, url, schema = postgres_schema_url(args.postgres)
-        admin = create_engine(base)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
+        with postgres_schema(args.postgres) as url:
             runs["postgres"] = measure(url, args.queued, args.projects, args.history, args.claims,
                                        args.without_queue_indexes)
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
 
     print(f"{args.queued} queued tasks over {args.projects} projects, {args.history} finished; "
           f"{args.claims} calls per case" + ("; WITHOUT the queue's indexes" if args.without_queue_indexes else ""))

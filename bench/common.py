@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 
@@ -12,11 +14,22 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
 
 
-def postgres_schema_url(base: str) -> tuple[str, str, str]:
-    """(server URL, the URL of a new schema of its own, the schema's name), so a benchmark
-    never touches another's tables; the caller creates and drops the schema."""
+@contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """The URL of a new PostgreSQL schema of the benchmark's own (so it never touches another's
+    tables), dropped with everything in it afterwards."""
+    from sqlalchemy import create_engine, text
+
     if base.startswith(("postgres://", "postgresql://")):
         base = "postgresql+psycopg://" + base.split("://", 1)[1]
     schema = f"fluxrun_bench_{secrets.token_hex(4)}"
     separator = "&" if "?" in base else "?"
-    return base, f"{base}{separator}options={quote(f'-csearch_path={schema}')}", schema
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()

@@ -37,7 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile, postgres_schema_url  # noqa: E402
+from bench.common import percentile, postgres_schema  # noqa: E402
 
 from fluxrun.status import Status  # noqa: E402
 from fluxrun.store import open_store  # noqa: E402
@@ -141,22 +141,13 @@ def main() -> None:
         watch(mode, url, int(project_id), int(task_id), int(total))
         return
 
-    from sqlalchemy import create_engine, text
 
     runs: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         runs["sqlite"] = measure(f"sqlite:///{folder}/bench.db", args.events)
     if args.postgres:
-        base, url, schema = postgres_schema_url(args.postgres)
-        engine = create_engine(base)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
+        with postgres_schema(args.postgres) as url:
             runs["postgres"] = measure(url, args.events)
-        finally:
-            with engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
 
     print(f"events_latency: {args.events} progress writes, 40-80 ms apart; poll baseline every "
           f"{1000 * POLL_SECONDS:.0f} ms; idle CPU over {IDLE_SECONDS:.0f} s; {os.cpu_count()} CPUs")

@@ -28,13 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import postgres_schema  # noqa: E402
+
 from prometheus_client import generate_latest  # noqa: E402
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from sqlalchemy import insert, select, text  # noqa: E402
 
 from fluxrun.api.metrics import Metrics, StoreCollector  # noqa: E402
 from fluxrun.status import RUNNING, Status  # noqa: E402
@@ -143,20 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         measure("sqlite", f"sqlite:///{folder}/bench.db", args.tasks)
     if args.postgres:
-        base = args.postgres
-        if base.startswith(("postgres://", "postgresql://")):
-            base = "postgresql+psycopg://" + base.split("://", 1)[1]
-        schema = f"bench_{secrets.token_hex(4)}"
-        admin = create_engine(base)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
-            separator = "&" if "?" in base else "?"
-            measure("postgres", f"{base}{separator}options={quote(f'-csearch_path={schema}')}", args.tasks)
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+        with postgres_schema(args.postgres) as url:
+            measure("postgres", url, args.tasks)
 
 
 if __name__ == "__main__":
