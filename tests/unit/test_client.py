@@ -276,3 +276,13 @@ def test_kill_returns_the_task_as_the_server_left_it(api: FakeTaskApi, client: C
     api.on("Task/Kill", {"errors": [], "tasklist": [task_wire(status="task_cancel")], "result": True})
     assert client.kill("7").status == "task_cancel"
     assert api.bodies("Task/Kill") == [{"taskid": "7"}] and len(api.requests) == 1
+
+
+def test_a_task_of_another_servers_spelling_reads_alike() -> None:
+    from fluxrun.client.models import TaskInfo
+
+    # Numbers as numbers and nulls for empty lists, as a less careful server might send them.
+    info = TaskInfo.model_validate({"id": 12, "status": "task_postprocess_end", "pexit": 1, "outputs": None,
+                                    "parameters": None, "debugerror": None})
+    assert (info.id, info.pexit, info.outputs, info.parameters, info.debugerror) == ("12", "1", [], {}, "")
+    assert info.finished and not info.succeeded
