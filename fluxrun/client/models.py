@@ -113,8 +113,15 @@ class TaskInfo(_Wire):
 
 
 class ToolOption(_Wire):
+    """One choice of a select input: ``option.value`` or, as in the wire's JSON, ``option["value"]``."""
+
     label: Text = ""
     value: Any = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("label", "value"):
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 class ToolInput(_Wire):

@@ -158,8 +158,11 @@ class Task:
                         if not heard:
                             log.info("task %s: the WebSocket sent nothing in %.0f s; polling", self.id, quiet)
                             return
-                        if self.refresh().finished:  # an end the socket did not tell: polling reports it
-                            return
+                        try:
+                            if self.refresh().finished:  # an end the socket did not tell: polling reports it
+                                return
+                        except (TransportError, RateLimited):
+                            return  # polling sits out a few failures; this look need not end the wait
                         continue
                     heard = True
                     event = protocol.parse_event(text)

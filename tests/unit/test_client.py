@@ -286,3 +286,12 @@ def test_a_task_of_another_servers_spelling_reads_alike() -> None:
                                     "parameters": None, "debugerror": None})
     assert (info.id, info.pexit, info.outputs, info.parameters, info.debugerror) == ("12", "1", [], {}, "")
     assert info.finished and not info.succeeded
+
+
+def test_a_select_inputs_options_read_as_attributes_or_keys() -> None:
+    from fluxrun.client.models import ToolInput
+
+    item = ToolInput.model_validate({"id": "outputFormat", "type": "select", "default": "png",
+                                     "options": [{"label": "JPEG", "value": "jpeg"}, {"label": "PNG", "value": "png"}]})
+    assert [o.value for o in item.options] == [o["value"] for o in item.options] == ["jpeg", "png"]
+    assert item.options[0]["label"] == "JPEG"
