@@ -192,6 +192,13 @@ def test_a_quiet_socket_is_checked_by_task_detail(harness: Harness) -> None:
                                                            ("task_status", "task_cancel")]
 
 
+def test_a_failed_check_of_a_quiet_socket_hands_over_to_polling(harness: Harness) -> None:
+    harness.socket_script = [event("task_queue")]
+    harness.api.on("Task/Detail", httpx.ConnectError("refused"), detail(task_wire(status="task_postprocess_end")))
+    assert harness.run().wait().succeeded
+    assert len(harness.api.sent("Task/Detail")) == 2
+
+
 def test_a_failed_task_raises_with_its_debugerror(harness: Harness) -> None:
     harness.socket_script = [event("task_start"), event("task_postprocess_end", [])]
     failed = task_wire(status="task_postprocess_end", pexit="1", debugerror="CUDA out of memory on this task")
