@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -63,6 +64,9 @@ ApiSecret = Annotated[Optional[str], typer.Option(
 CredentialsDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Directory of the credentials.json that `fluxrun serve` writes [default ./data]",
     rich_help_panel="Connection")]
+SocketUrl = Annotated[Optional[str], typer.Option(
+    "--socket-url", help="The WebSocket, when not beside the base URL (the hosted service's: "
+    "wss://socket.wiro.ai/v1) [FLUXRUN_SOCKET_URL]", rich_help_panel="Connection")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (as the server sent it) instead")]
 
 
@@ -94,6 +98,7 @@ def run(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """Run a tool and write its images.
 
@@ -106,7 +111,7 @@ def run(
     with _reported(err):
         if tool.count("/") != 1 or tool.startswith("/") or tool.endswith("/"):
             raise InputProblem(f"the tool must be OWNER/PROJECT, e.g. desertPixel/Flat-Pixel-Art-FLUX (got {tool!r})")
-        with _connected(base_url, api_key, api_secret, data_dir) as client:
+        with _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
             _run(client, err, tool, ctx.args, output_dir, as_json, no_wait, callback_url, write_files)
 
 
@@ -135,10 +140,11 @@ def tools(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """The tools and their inputs, with the defaults and the values each takes."""
     err = Console(stderr=True)
-    with _reported(err), _connected(base_url, api_key, api_secret, data_dir) as client:
+    with _reported(err), _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
         listed = client.tools(search)
         if as_json:
             print(json.dumps([tool.model_dump(mode="json") for tool in listed]))
@@ -146,7 +152,7 @@ def tools(
         if not listed:
             err.print("no tool" + (f" matches {escape(search)!r}" if search else ""), highlight=False)
             return
-        table = Table("tool", "title", "inputs (default; what it takes)")
+        table = Table("tool", "title", "inputs: default, what it takes")
         for tool in listed:
             table.add_row(tool.name, tool.title, "\n".join(_input_line(spec) for spec in tool.inputs))
         _print_table(table)
@@ -159,10 +165,11 @@ def task_detail(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """One task: its status, error, outputs' URLs and cost."""
     err = Console(stderr=True)
-    with _reported(err), _connected(base_url, api_key, api_secret, data_dir) as client:
+    with _reported(err), _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
         info = client.task(taskid).refresh()
         if as_json:
             print(_task_json(info))
@@ -183,7 +190,8 @@ def task_detail(
         if info.parameters:
             rows.append(("inputs", " ".join(f"{k}={_short(v)}" for k, v in info.parameters.items())))
         for label, value in rows:
-            out.print(f"{label:<9} {escape(value)}")
+            # Continuation lines (debugoutput has several) under the value, not the label.
+            out.print(f"{label:<9} " + escape(value).replace("\n", "\n" + " " * 10))
         for output in info.outputs:
             out.print(f"{'output':<9} {escape(output.url)}  ({output.contenttype}, {output.size} bytes)")
 
@@ -196,10 +204,11 @@ def tasks_list(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """Your project's recent tasks with their status and cost."""
     err = Console(stderr=True)
-    with _reported(err), _connected(base_url, api_key, api_secret, data_dir) as client:
+    with _reported(err), _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
         listed = client.tasks(limit=limit, tool=tool)
         if as_json:
             print("[" + ",".join(_task_json(info) for info in listed) + "]")
@@ -220,13 +229,14 @@ def cancel(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """Cancel a task that is still queued.
 
     A running one is stopped with `fluxrun kill`.
     """
     err = Console(stderr=True)
-    with _reported(err), _connected(base_url, api_key, api_secret, data_dir) as client:
+    with _reported(err), _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
         client.cancel(taskid)
         err.print(f"task {escape(taskid)} cancelled", highlight=False)
 
@@ -237,13 +247,14 @@ def kill(
     api_key: ApiKey = None,
     api_secret: ApiSecret = None,
     data_dir: CredentialsDir = None,
+    socket_url: SocketUrl = None,
 ) -> None:
     """Stop a task, queued or running, and wait to see it end.
 
     A running task stops within one denoising step.
     """
     err = Console(stderr=True)
-    with _reported(err), _connected(base_url, api_key, api_secret, data_dir) as client:
+    with _reported(err), _connected(base_url, api_key, api_secret, data_dir, socket_url) as client:
         task = client.task(taskid)
         task.kill()
         _report_kill(task, err)
@@ -258,7 +269,9 @@ def _follow(task: Task, err: Console, as_json: bool) -> TaskInfo:
 
     try:
         with TaskProgress(err, task.id) as view:
-            return task.wait(on_event=view.on_event)
+            info = task.wait(on_event=view.on_event)
+            view.finish("done")
+            return info
     except KeyboardInterrupt:
         _interrupted(task, err)
     except (errors.TaskFailed, errors.TaskCancelled) as exc:
@@ -329,12 +342,18 @@ def _free_name(directory: Path, stem: str, suffix: str) -> Path:
 # --- errors and connection --------------------------------------------------------------
 
 @contextmanager
-def _connected(base_url: str | None, api_key: str | None, api_secret: str | None,
-               data_dir: Path | None) -> Iterator[Client]:
-    from fluxrun.client import Client
+def _connected(base_url: str | None, api_key: str | None, api_secret: str | None, data_dir: Path | None,
+               socket_url: str | None) -> Iterator[Client]:
+    from fluxrun.client import Client, errors
 
     credentials = data_dir / "credentials.json" if data_dir is not None else None
-    with Client(api_key=api_key, api_secret=api_secret, base_url=base_url, credentials_path=credentials) as client:
+    try:
+        client = Client(api_key=api_key, api_secret=api_secret, base_url=base_url, socket_url=socket_url,
+                        credentials_path=credentials)
+    except errors.ConfigurationError as exc:
+        # The SDK's words name its arguments; on the command line they are options.
+        raise errors.ConfigurationError(f"{exc.message} Here: --api-key, --base-url or --data-dir.") from None
+    with client:
         yield client
 
 
@@ -378,11 +397,11 @@ def _task_json(info: TaskInfo) -> str:
 
 
 def _input_line(spec: ToolInput) -> str:
+    """--steps 12  an integer from 1 to 50: the input as typed with its default, and what it takes."""
     default = "" if spec.default is None else str(spec.default)
     shown = default if len(default) <= DEFAULT_SHOWN else default[: DEFAULT_SHOWN - 1] + "…"
-    required = ", required" if spec.required else ""
-    return f"--{spec.id} = {shown!r}; {allowed_values(spec)}{required}" if shown else \
-        f"--{spec.id}; {allowed_values(spec)}{required}"
+    typed = f"--{spec.id} {shlex.quote(shown)}" if shown else f"--{spec.id}"
+    return f"{typed}  {allowed_values(spec)}" + (", required" if spec.required else "")
 
 
 def _print_table(table: Table) -> None:
@@ -415,9 +434,10 @@ def _time_text(unix: str) -> str:
 
 def _seconds_text(text: str) -> str:
     try:
-        return f"{float(text):.1f} s"
+        seconds = float(text)
     except ValueError:
         return text
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
 
 
 def _money_text(text: str) -> str:

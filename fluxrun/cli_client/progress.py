@@ -94,6 +94,11 @@ class TaskProgress:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self._progress.stop()
 
+    def finish(self, description: str) -> None:
+        """The bar's last word ("done"), left on the screen above the files' paths."""
+        assert self._bar is not None, "use TaskProgress as a context manager"
+        self._progress.update(self._bar, description=description, refresh=True)
+
     def on_event(self, event: Event) -> None:
         """One thing Task.wait saw: a status change, a progress step or an error line."""
         assert self._bar is not None, "use TaskProgress as a context manager"
