@@ -35,6 +35,14 @@ def _to_text(value: Any) -> Any:
     return "" if value is None else str(value) if isinstance(value, (int, float)) else value
 
 
+def _none_to_empty_list(value: Any) -> Any:
+    return [] if value is None else value
+
+
+def _none_to_empty_dict(value: Any) -> Any:
+    return {} if value is None else value
+
+
 def _to_bool(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes")
@@ -69,7 +77,7 @@ class TaskInfo(_Wire):
     uuid: Text = ""
     socketaccesstoken: Text = ""
     status: Text = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(default_factory=dict)
     debugoutput: Text = ""
     debugerror: Text = ""
     pexit: Text = "0"
@@ -82,7 +90,7 @@ class TaskInfo(_Wire):
     createtime: Text = "0"
     starttime: Text = "0"
     endtime: Text = "0"
-    outputs: list[Output] = Field(default_factory=list)
+    outputs: Annotated[list[Output], BeforeValidator(_none_to_empty_list)] = Field(default_factory=list)
 
     @property
     def tool(self) -> str:
@@ -105,8 +113,15 @@ class TaskInfo(_Wire):
 
 
 class ToolOption(_Wire):
+    """One choice of a select input: ``option.value`` or, as in the wire's JSON, ``option["value"]``."""
+
     label: Text = ""
     value: Any = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("label", "value"):
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 class ToolInput(_Wire):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import WebSocketException
 
 from fluxrun.client import protocol
 from fluxrun.client.errors import (
@@ -134,9 +133,12 @@ class Task:
         socket does not serve. Raises WaitTimeout at the deadline."""
         client = self._client
         assert self.socket_token is not None
-        open_timeout = min(client.timeout, _left(deadline, client._clock) or client.timeout)
+        left = _left(deadline, client._clock)
+        if left is not None and left <= 0:
+            return  # no time left even to connect: polling looks once and says so
+        open_timeout = client.timeout if left is None else min(client.timeout, left)
         try:
-            socket = client._socket_connect(client.socket_url, open_timeout=max(open_timeout, 0.1),
+            socket = client._socket_connect(client.socket_url, open_timeout=open_timeout,
                                             user_agent_header=protocol.USER_AGENT, max_size=2**24)
         except (OSError, TimeoutError, WebSocketException) as exc:
             log.info("task %s: WebSocket %s unavailable (%s); polling Task/Detail", self.id, client.socket_url, exc)
@@ -149,15 +151,18 @@ class Task:
                     quiet = QUIET_CHECK_S if heard else FIRST_MESSAGE_S
                     left = _left(deadline, client._clock)
                     try:
-                        text = socket.recv(timeout=min(quiet, left) if left is not None else quiet)
+                        text = socket.recv(timeout=max(0.0, min(quiet, left)) if left is not None else quiet)
                     except TimeoutError:
                         if left is not None and left <= quiet:
                             raise self._timeout(deadline) from None
                         if not heard:
                             log.info("task %s: the WebSocket sent nothing in %.0f s; polling", self.id, quiet)
                             return
-                        if self.refresh().finished:  # an end the socket did not tell: polling reports it
-                            return
+                        try:
+                            if self.refresh().finished:  # an end the socket did not tell: polling reports it
+                                return
+                        except (TransportError, RateLimited):
+                            return  # polling sits out a few failures; this look need not end the wait
                         continue
                     heard = True
                     event = protocol.parse_event(text)
@@ -168,7 +173,7 @@ class Task:
                         return
             except protocol.SocketRefused as exc:
                 log.info("task %s: the WebSocket refused the token (%s); polling", self.id, exc)
-            except (ConnectionClosed, OSError) as exc:
+            except (WebSocketException, OSError) as exc:  # ConnectionClosed among them
                 log.info("task %s: the WebSocket closed (%s); polling", self.id, exc)
 
     def _poll(self, deadline: float | None, seen: _Seen) -> TaskInfo:
