@@ -67,7 +67,7 @@ CredentialsDir = Annotated[Optional[Path], typer.Option(
 SocketUrl = Annotated[Optional[str], typer.Option(
     "--socket-url", help="The WebSocket, when not beside the base URL (the hosted service's: "
     "wss://socket.wiro.ai/v1) [FLUXRUN_SOCKET_URL]", rich_help_panel="Connection")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (as the server sent it) instead")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead (the server's fields)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -290,9 +290,15 @@ def _interrupted(task: Task, err: Console) -> NoReturn:
         err.print()
         answer = False
     if not answer:
-        _fail(err, f"task {task.id} goes on: `fluxrun task {task.id}` shows it, `fluxrun kill {task.id}` stops it",
-              EXIT_INTERRUPTED)
-    task.kill()
+        err.print(f"task {escape(task.id)} goes on: `fluxrun task {escape(task.id)}` shows it, "
+                  f"`fluxrun kill {escape(task.id)}` stops it", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    from fluxrun.client import errors
+
+    try:
+        task.kill()
+    except errors.APIError:
+        pass  # it ended meanwhile ("not in a killable state"): the wait below says how
     _report_kill(task, err)
     raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
     from fluxrun.client.models import Event
 
 # The stages worth a line of their own; the other statuses (accept, assign, preprocess)
-# pass in a blink between these.
+# pass in a blink between these. A watcher that registers late hears the current status
+# first: a task already generating (task_output) has started too.
 STAGE_LINES = {
     "task_queue": "queued",
     "task_start": "started",
+    "task_output": "started",
     "task_end": "generated, writing the images",
     "task_postprocess_end": "ended",
     "task_cancel": "cancelled",
@@ -117,10 +119,11 @@ class TaskProgress:
             return
         if status in STAGE_DESCRIPTIONS and event.progress is None:
             self._progress.update(self._bar, description=STAGE_DESCRIPTIONS[status], refresh=True)
-        if status in STAGE_LINES and status not in self._stages_said:
-            self._stages_said.add(status)
+        line = STAGE_LINES.get(status)
+        if line is not None and line not in self._stages_said:
+            self._stages_said.add(line)
             if status != "task_postprocess_end":  # the end is told by whoever reads the outcome
-                self._say(f"task {escape(self.task_id)} {STAGE_LINES[status]}")
+                self._say(f"task {escape(self.task_id)} {line}")
 
     def _say(self, markup: str) -> None:
         # Above the bar while it is live; a plain line when there is no terminal.

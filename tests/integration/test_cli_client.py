@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -219,6 +221,33 @@ def test_ctrl_c_then_no_leaves_it_running_and_kill_stops_it(
     assert killed.returncode == 0, killed.stderr
     assert killed.stderr.splitlines()[-1] == f"task {taskid} cancelled"
     assert server.detail(taskid)["status"] == "task_cancel"
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_task_running(
+        server: Server, env: dict[str, str], tmp_path: Path) -> None:
+    # A script's `fluxrun run` interrupted: nobody to ask, so nothing is killed.
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "fluxrun", "run", PIXEL, "--prompt", "a fox", *LONG],
+                                   env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=sink, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (started := re.search(r"task (\d+) started", stderr.read_text())):
+                assert process.poll() is None and time.monotonic() < deadline, stderr.read_text()
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 130
+        finally:
+            if process.poll() is None:
+                process.kill()
+    taskid = started.group(1)
+    assert process.stdout is not None and process.stdout.read() == ""
+    assert stderr.read_text().splitlines()[-1] == (
+        f"error: interrupted; task {taskid} goes on (`fluxrun kill {taskid}` stops it)")
+    assert server.detail(taskid)["status"] in ("task_start", "task_output")
+    assert server.post("/v1/Task/Kill", {"taskid": taskid}).json()["result"]
+    server.wait_for(taskid)
 
 
 def test_cancel_a_queued_task_task_and_tasks(server: Server, env: dict[str, str], tmp_path: Path) -> None:
