@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
 
 def run(
     ctx: typer.Context,
-    tool: Annotated[str, typer.Argument(metavar="OWNER/PROJECT", help="The tool, e.g. desertPixel/Flat-Pixel-Art-FLUX")],
+    tool: Annotated[str, typer.Argument(
+        metavar="OWNER/PROJECT", help="The tool, e.g. desertPixel/Flat-Pixel-Art-FLUX")],
     output_dir: Annotated[Path, typer.Option(
         "-o", "--output-dir", show_default=False,
         help="Where the images go, named TASKID-0.png...; never over an existing file (default: the current "

@@ -85,7 +85,8 @@ def test_a_broken_rule_names_the_input_and_what_it_takes(tool: ToolInfo, args: l
 
 
 def test_required_inputs() -> None:
-    assert problem(FLUX2, "--steps", "3") == "--prompt is required by black-forest-labs/flux-2-flex-t2i: prompt must be text"
+    assert problem(FLUX2, "--steps", "3") == (
+        "--prompt is required by black-forest-labs/flux-2-flex-t2i: prompt must be text")
     assert problem(FLUX2, "--prompt", " ").startswith("--prompt is required")
 
 
