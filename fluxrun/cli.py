@@ -1,4 +1,5 @@
-"""The command line: serve | api | worker | workers | keys | db."""
+"""The command line: serve | api | worker | workers | keys | db, and the client's
+run | tools | task | tasks | cancel | kill (fluxrun.cli_client)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+
+from fluxrun.cli_client import register as register_client_commands
 
 app = typer.Typer(help="fluxrun: a self-hosted text-to-image task service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Projects' API keys.", no_args_is_help=True)
@@ -407,6 +410,10 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     """Apply the database migrations."""
     _open_store(_settings(data_dir=data_dir, database_url=database_url), migrate=True)
     console.print("database schema is up to date")
+
+
+# After the server's commands, so `fluxrun --help` lists those first.
+register_client_commands(app)
 
 
 def main() -> None:
