@@ -400,7 +400,7 @@ def _given(ctx: typer.Context, parameter: str) -> bool:
 # --- rendering ----------------------------------------------------------------------------
 
 def _task_json(info: TaskInfo) -> str:
-    return json.dumps(info.model_dump(mode="json", by_alias=True))
+    return json.dumps(info.wire)
 
 
 def _input_line(spec: ToolInput) -> str:

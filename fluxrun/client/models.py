@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidatorFunctionWrapHandler, model_validator
 
 #: The statuses after which a task never changes again (SPEC.md section 3).
 TERMINAL_STATUSES = frozenset({"task_postprocess_end", "task_cancel"})
@@ -91,6 +91,22 @@ class TaskInfo(_Wire):
     starttime: Text = "0"
     endtime: Text = "0"
     outputs: Annotated[list[Output], BeforeValidator(_none_to_empty_list)] = Field(default_factory=list)
+    # The task exactly as the server sent it, for printing it back (``fluxrun task --json``)
+    # without the numbers this model converts.
+    _wire: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_wire(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> TaskInfo:
+        info = handler(data)
+        if isinstance(data, dict):
+            info._wire = json.loads(json.dumps(data))  # a deep copy the caller cannot change
+        return info
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        """The task as the server sent it (every number a string, as SPEC.md section 3)."""
+        return self._wire or self.model_dump(mode="json", by_alias=True)
 
     @property
     def tool(self) -> str:

@@ -105,6 +105,7 @@ def test_run_json_prints_only_the_task_and_paths_go_to_stdout_alone(
     task = json.loads(done.stdout)
     assert task["status"] == "task_postprocess_end" and task["pexit"] == "0"
     assert task["parameters"]["steps"] == "3" and task["outputs"][0]["url"].endswith("/0.png")
+    assert isinstance(task["outputs"][0]["size"], str)  # the task as the server sent it: numbers are strings
     assert list(tmp_path.iterdir()) == []  # --json without -o writes no file
 
     # Piped, the files' paths are all of stdout (no bar drawn without a terminal), the stage
