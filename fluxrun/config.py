@@ -25,6 +25,16 @@ S3Addressing = Literal["auto", "path", "virtual"]
 S3_MAX_PRESIGN_SECONDS = 604800
 _LORA_ENV = re.compile(r"^FLUXRUN_LORA_([A-Z0-9_]+)$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+# The speed settings' choices; fluxrun.backends.speed holds the same lists (a test keeps them equal).
+Switch = Literal["auto", "on", "off"]
+CompileMode = Literal["auto", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
+Quantize = Literal["auto", "fp8", "none"]
+Attention = Literal["auto", "native", "cudnn", "efficient", "math", "flash", "flash3", "sage", "xformers"]
+_ON = {"true", "1", "yes", "on"}
+_OFF = {"false", "0", "no", "off"}
+# Warm-up sizes: the tools' own bounds (multiples of 16, 64 to 4096 pixels a side).
+_WARMUP_SIDE = (64, 4096)
 
 
 class Settings(BaseSettings):
@@ -73,8 +83,32 @@ class Settings(BaseSettings):
     )
     cpu_offload: bool = False
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps: where a worker runs its models")
-    compile: bool = Field(False, description="torch.compile the transformer's repeated blocks; LoRAs then hotswap")
-    warmup: bool = Field(False, description="a worker runs one small generation per tool before taking tasks")
+    # Speed on the GPU (fluxrun/backends/speed.py decides each "auto" for the worker's device).
+    compile: Switch = Field(
+        "auto", description="auto | on | off: torch.compile the transformer's repeated blocks (regional); "
+        "auto: on for CUDA GPUs of compute capability >= 8.0; LoRAs then hotswap"
+    )
+    compile_mode: CompileMode = Field(
+        "auto", description="auto | default | max-autotune-no-cudagraphs | max-autotune | reduce-overhead: "
+        "torch.compile mode; auto: default"
+    )
+    quantize: Quantize = Field(
+        "auto", description="auto | fp8 | none: fp8 weights and activations in the transformer (torchao); "
+        "auto: fp8 on CUDA compute capability >= 8.9 (Ada, Hopper) with torchao installed, else bf16"
+    )
+    attention: Attention = Field(
+        "auto", description="auto | native | cudnn | efficient | math | flash | flash3 | sage | xformers: attention "
+        "kernel; auto: flash3, else cudnn on Hopper, flash on Ampere/Ada when installed, else native (torch SDPA)"
+    )
+    compile_vae: Switch = Field("auto", description="auto | on | off: torch.compile the VAE decoder; auto: as compile")
+    warmup: Switch = Field(
+        "auto", description="auto | on | off: a worker runs a short generation per tool and warm-up size before "
+        "taking tasks; auto: on when the transformer is compiled"
+    )
+    warmup_sizes: str = Field(
+        "1024x1024,1344x768", description="comma-separated WIDTHxHEIGHT sizes warmed up per tool (multiples of 16); "
+        "empty: each tool's default size"
+    )
     # FLUX.2 [flex] relayed to Black Forest Labs' API (SPEC.md section 10) when a key is set.
     bfl_api_key: SecretStr | None = Field(None, description="Black Forest Labs API key; never logged")
     bfl_base_url: str = Field("https://api.bfl.ai", description="the partner API (or api.eu.bfl.ai, api.us.bfl.ai)")
@@ -129,6 +163,29 @@ class Settings(BaseSettings):
         if not _DEVICE.match(text):
             raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N (a GPU index) or mps")
         return text
+    @field_validator("compile", "compile_vae", "warmup", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # FLUXRUN_COMPILE=true/false (the older boolean form) still works: on/off.
+        text = str(value).strip().lower() if not isinstance(value, bool) else ("true" if value else "false")
+        return "on" if text in _ON else "off" if text in _OFF else text
+
+    @field_validator("compile_mode", "quantize", "attention", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, value: str) -> str:
+        _parse_sizes(value)  # a typo fails at start, not during the warm-up
+        return value
+
+    @property
+    def warmup_size_list(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) of each warm-up size, in order; empty: each tool's default."""
+        return _parse_sizes(self.warmup_sizes)
+
     @field_validator("bfl_api_key")
     @classmethod
     def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -243,6 +300,24 @@ class Settings(BaseSettings):
             env[f"FLUXRUN_{name.upper()}"] = _env_text(value)
         env["FLUXRUN_DATA_DIR"] = str(self.data_dir.resolve())
         return env
+
+
+def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes: list[tuple[int, int]] = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        match = _SIZE.match(item)
+        if not match:
+            raise ValueError(f"{item!r} is not a size: write WIDTHxHEIGHT, e.g. 1024x1024,1344x768")
+        width, height = int(match.group(1)), int(match.group(2))
+        for side in (width, height):
+            if side % 16 or not _WARMUP_SIDE[0] <= side <= _WARMUP_SIDE[1]:
+                raise ValueError(f"{item}: each side must be a multiple of 16 from {_WARMUP_SIDE[0]} to "
+                                 f"{_WARMUP_SIDE[1]}")
+        if (width, height) not in sizes:
+            sizes.append((width, height))
+    return tuple(sizes)
 
 
 def _env_text(value: Any) -> str:

@@ -98,14 +98,25 @@ class BackendOptions:
     # adapter name -> hub repo, folder or .safetensors file; overrides a tool spec's default source
     lora_sources: dict[str, str] = field(default_factory=dict)
     cpu_offload: bool = False
+    # Speed (fluxrun.backends.speed decides these from the settings and the device).
     compile: bool = False  # torch.compile the transformer's repeated blocks (LoRAs then hotswap)
     compile_backend: str = "inductor"  # torch.compile backend; tests use "eager" to count recompiles cheaply
+    compile_mode: str = "default"  # torch.compile mode (inductor only)
+    quantize: str = "none"  # "fp8": torchao fp8 weights and activations in the transformer (LoRAs then hotswap)
+    attention: str = "native"  # a key of fluxrun.backends.speed.ATTENTION
+    compile_vae: bool = False  # torch.compile the VAE's decoder
     # The partner relay (backends/partner.py): FLUX.2 [flex] at Black Forest Labs' API.
     bfl_api_key: str | None = field(default=None, repr=False)  # a secret: kept out of every repr and log
     bfl_base_url: str = "https://api.bfl.ai"
     bfl_deadline_seconds: float = 600.0  # one task's relay, every image and retry included
     bfl_poll_seconds: float = 0.5
     bfl_request_timeout_seconds: float = 30.0
+
+    @property
+    def lora_hotswap(self) -> bool:
+        """Whether LoRAs switch through one hotswapped slot (compiled graphs and fp8 base layers
+        must not change) rather than named adapters."""
+        return self.compile or self.quantize == "fp8"
 
 
 def moderated_remotely(backend: object) -> bool:

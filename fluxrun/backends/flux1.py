@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fluxrun.backends import speed
 from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
 from fluxrun.backends.latent_preview import flux1_preview
@@ -29,14 +30,19 @@ BACKEND_NAME = "flux1"  # as tool specs name it
 
 
 class Flux1Backend:
-    def __init__(self, options: BackendOptions) -> None:
+    def __init__(self, options: BackendOptions, pipe: Any | None = None) -> None:
+        """Load the pipeline ``options`` name, or take ``pipe`` as it is (the GPU benchmark
+        builds one with random weights); then make it as fast as ``options`` say."""
         import torch
         from diffusers import FluxPipeline
 
         self.options = options
         self.tiny = options.models == "tiny"
         self.device = options.device
-        if self.tiny:
+        if pipe is not None:
+            self.pipe = pipe
+            what = f"FLUX.1 given pipeline ({pipe.transformer.dtype}) on {self.device}"
+        elif self.tiny:
             self.pipe = FluxPipeline.from_pretrained(ensure_tiny_flux1(options.models_dir), torch_dtype=torch.float32)
             self.pipe.to(self.device)
             what = f"FLUX.1 tiny random-weight pipeline on {self.device} (no GPU or --models tiny: images are noise)"
@@ -52,12 +58,17 @@ class Flux1Backend:
             what = f"FLUX.1 {options.flux1_base} bf16 on {self.device}"
         self.pipe.set_progress_bar_config(disable=True)
         sources = self._lora_sources()
-        # The slot must exist before compiling, so that swapping adapters never recompiles.
-        self.loras: LoraSwitch = HotswapSlot(self.pipe, sources) if options.compile else NamedAdapters(self.pipe, sources)
-        if options.compile:
-            self.pipe.transformer.compile_repeated_blocks(fullgraph=True, backend=options.compile_backend)
-            what += f", transformer compiled ({options.compile_backend}), LoRA hotswap"
-        self.description = what
+        self.loras: LoraSwitch = NamedAdapters(self.pipe, sources)
+
+        def make_slot() -> None:
+            # The slot must wrap the base layers before they are quantized and compiled, so that
+            # swapping adapters never changes a graph or meets an fp8 layer peft cannot wrap.
+            self.loras = HotswapSlot(self.pipe, sources)
+
+        done = speed.apply(self.pipe, options, make_slot if options.lora_hotswap else None)
+        if options.lora_hotswap:
+            done.append("LoRA hotswap")
+        self.description = ", ".join([what, *done])
 
     def _lora_sources(self) -> dict[str, str | None]:
         """Adapter name -> source (None: not configured) for every LoRA a FLUX.1 tool names: the

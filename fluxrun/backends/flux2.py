@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fluxrun.backends import speed
 from fluxrun.backends.base import BackendOptions, Job
 from fluxrun.backends.hub import hub_error_message
 from fluxrun.backends.seeded import StepEnd, each_seed
@@ -46,12 +47,17 @@ FAMILY_OF_CLASS = {"Flux2Pipeline": "dev", "Flux2KleinPipeline": "klein"}
 
 
 class Flux2Backend:
-    def __init__(self, options: BackendOptions) -> None:
+    def __init__(self, options: BackendOptions, pipe: Any | None = None) -> None:
+        """Load the pipeline ``options`` name, or take ``pipe`` as it is (the GPU benchmark
+        builds one with random weights); then make it as fast as ``options`` say."""
         import torch
 
         self.options = options
         self.device = options.device
-        if options.models == "tiny":
+        if pipe is not None:
+            self.pipe = pipe
+            self.description = f"FLUX.2 given {type(pipe).__name__} ({pipe.transformer.dtype}) on {self.device}"
+        elif options.models == "tiny":
             # The setting picks the architecture; anything but a [klein] shortcut gets [dev].
             model = MODELS.get(options.flux2_model, MODELS["dev"])
             self.pipe = self._load(ensure_tiny_flux2(options.models_dir, model.family), model.family, torch.float32,
@@ -75,6 +81,7 @@ class Flux2Backend:
             offload = " with model CPU offload" if options.cpu_offload else ""
             self.description = f"FLUX.2 [{family}] {source} bf16 on {self.device}{offload}{_distilled_note(self.pipe)}"
         self.pipe.set_progress_bar_config(disable=True)
+        self.description = ", ".join([self.description, *speed.apply(self.pipe, options)])
 
     def _move_to_device(self, source: str) -> None:
         import torch

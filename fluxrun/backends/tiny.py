@@ -95,7 +95,7 @@ def _build_flux1(out: Path) -> None:
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
     )
-    clip_tokenizer, t5_tokenizer = _tokenizers(out / "_tokenizer_src")
+    clip_tokenizer, t5_tokenizer = flux1_tokenizers(out / "_tokenizer_src")
     FluxPipeline(
         scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
         tokenizer_2=t5_tokenizer, transformer=transformer,
@@ -103,8 +103,10 @@ def _build_flux1(out: Path) -> None:
     shutil.rmtree(out / "_tokenizer_src")
 
 
-def _tokenizers(scratch: Path) -> tuple[object, object]:
-    """A character-level CLIP BPE tokenizer and a WordLevel T5-slot tokenizer, made offline."""
+def flux1_tokenizers(scratch: Path) -> tuple[object, object]:
+    """A character-level CLIP BPE tokenizer and a WordLevel T5-slot tokenizer, made offline. Their
+    ids fit any vocabulary and they pad to the real lengths (77 and 512 tokens), so the GPU
+    benchmark uses them with the full-size encoders too."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 

@@ -51,7 +51,7 @@ def _build_dev(out: Path) -> None:
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     torch.manual_seed(0)
-    processor = _mistral_processor()
+    processor = mistral_processor()
     image_token = processor.tokenizer.convert_tokens_to_ids("[IMG]")
     special_ids = {
         "bos_token_id": processor.tokenizer.bos_token_id,
@@ -83,7 +83,7 @@ def _build_klein(out: Path) -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    tokenizer = _qwen_tokenizer()
+    tokenizer = qwen_tokenizer()
     # 27 layers: the pipeline stacks hidden states 9, 18 and 27 by default.
     text_encoder = Qwen3ForCausalLM(Qwen3Config(
         vocab_size=_VOCAB_SIZE, hidden_size=_HIDDEN, intermediate_size=32, num_hidden_layers=27,
@@ -168,7 +168,7 @@ _QWEN_TEMPLATE = (
 )
 
 
-def _mistral_processor() -> object:
+def mistral_processor() -> object:
     """A PixtralProcessor (what FLUX.2 [dev] ships as its tokenizer) around a byte-level tokenizer."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
@@ -189,7 +189,7 @@ def _mistral_processor() -> object:
     )
 
 
-def _qwen_tokenizer() -> object:
+def qwen_tokenizer() -> object:
     """A Qwen2TokenizerFast (what FLUX.2 [klein] ships) with the byte symbols as its whole vocabulary."""
     from transformers import Qwen2TokenizerFast
 

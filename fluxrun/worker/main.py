@@ -10,6 +10,7 @@ from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.library_logs import route_library_logs
 from fluxrun.backends.memory import gpu_memory
 from fluxrun.backends.registry import BackendCache, resolve_models_mode
+from fluxrun.backends.speed import SpeedChoice, choose_speed, device_facts
 from fluxrun.config import Settings
 from fluxrun.errors import EXIT_CONFIG, BackendUnavailable, StorageUnavailable
 from fluxrun.storage import open_storage
@@ -19,7 +20,16 @@ from fluxrun.worker.callbacks import Deliverer
 from fluxrun.worker.loop import Worker, default_worker_id
 from fluxrun.worker.presence import Presence
 from fluxrun.worker.shutdown import Shutdown
-from fluxrun.worker.startup import load_all, load_moderation, lora_report, say, warm_up
+from fluxrun.worker.startup import (
+    choose_worker_speed,
+    load_all,
+    load_moderation,
+    lora_report,
+    say,
+    speed_request,
+    wants_warmup,
+    warm_up,
+)
 
 log = logging.getLogger("fluxrun.worker")
 
@@ -33,7 +43,10 @@ TINY_BANNER = """
 """
 
 
-def backend_options(settings: Settings, mode: str, device: str) -> BackendOptions:
+def backend_options(settings: Settings, mode: str, device: str, speed: SpeedChoice | None = None) -> BackendOptions:
+    """The backends' options: the settings, with the speed settings decided for ``device``
+    (``speed``, or chosen here when not given)."""
+    speed = speed or choose_speed(speed_request(settings), device_facts(device))
     return BackendOptions(
         models=mode,
         models_dir=settings.models_dir,
@@ -42,7 +55,11 @@ def backend_options(settings: Settings, mode: str, device: str) -> BackendOption
         flux2_model=settings.flux2_model,
         lora_sources=settings.lora_sources(),
         cpu_offload=settings.cpu_offload,
-        compile=settings.compile,
+        compile=speed.compile,
+        compile_mode=speed.compile_mode,
+        quantize=speed.quantize,
+        attention=speed.attention,
+        compile_vae=speed.compile_vae,
         bfl_api_key=settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else None,
         bfl_base_url=settings.bfl_base_url,
         bfl_deadline_seconds=settings.bfl_deadline_seconds,
@@ -68,6 +85,11 @@ def run_worker(settings: Settings) -> None:
         say(TINY_BANNER.format(reason=reason), logging.WARNING)
     else:
         log.info("serving real models on %s", device)
+    try:
+        speed = choose_worker_speed(settings, device)
+    except BackendUnavailable as exc:
+        say(f"fluxrun worker: {exc}", logging.ERROR)
+        sys.exit(EXIT_CONFIG)
     for line in lora_report(settings, mode, tools):
         log.warning(line)
     log.info("serving %s", ", ".join(tool.slug for tool in tools))
@@ -99,10 +121,10 @@ def run_worker(settings: Settings) -> None:
     try:
         presence.start()
         deliverer.start()
-        backends = BackendCache(backend_options(settings, mode, device))
+        backends = BackendCache(backend_options(settings, mode, device, speed))
         served = load_all(backends, tools)  # only the backends of the tools served
-        if settings.warmup:
-            warm_up(backends, tools)
+        if wants_warmup(settings, speed):
+            warm_up(backends, tools, settings.warmup_size_list)
         worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake,
                         presence=presence, tools=tools)
         load_moderation(worker.moderation)

@@ -19,8 +19,9 @@ from fluxrun.backends.flux1 import BACKEND_NAME as FLUX1
 from fluxrun.backends.lora import configured_sources, lora_setting, source_problem
 from fluxrun import logs
 from fluxrun.backends.registry import BackendCache
+from fluxrun.backends.speed import SpeedChoice, SpeedRequest, choose_speed, device_facts
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable
+from fluxrun.errors import BackendUnavailable, ValidationError
 from fluxrun.tools.spec import ToolSpec
 from fluxrun.worker.moderation import Moderation
 
@@ -61,23 +62,55 @@ def load_all(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> list[ToolSp
     return [tool for tool in tools if tool.backend in loaded]
 
 
-def warm_up(backends: BackendCache, tools: tuple[ToolSpec, ...]) -> None:
-    """One short generation per tool at its default size, so the first user task is not the
-    one that pays for lazy initialisation, kernel selection or compilation."""
+def speed_request(settings: Settings) -> SpeedRequest:
+    """The speed settings as the operator wrote them."""
+    return SpeedRequest(compile=settings.compile, compile_mode=settings.compile_mode, quantize=settings.quantize,
+                        attention=settings.attention, compile_vae=settings.compile_vae)
+
+
+def choose_worker_speed(settings: Settings, device: str) -> SpeedChoice:
+    """What this worker turns on for ``device``, logged as one line saying what and why.
+    Raises BackendUnavailable for a setting this device cannot honour (fp8 on an A100)."""
+    facts = device_facts(device)
+    choice = choose_speed(speed_request(settings), facts)
+    log.info(choice.report(facts))
+    return choice
+
+
+def wants_warmup(settings: Settings, choice: SpeedChoice) -> bool:
+    """FLUXRUN_WARMUP: on, off, or auto (on when the transformer is compiled: the first task
+    would otherwise wait for the compilation)."""
+    return settings.warmup == "on" or (settings.warmup == "auto" and choice.compile)
+
+
+def warm_up(backends: BackendCache, tools: tuple[ToolSpec, ...], sizes: tuple[tuple[int, int], ...] = ()) -> None:
+    """A short generation per tool at each of ``sizes`` (none: the tool's default size), so
+    the first user task is not the one that pays for lazy initialisation, kernel selection or
+    compilation. Compiled graphs are per shape until a second size makes them shape-generic
+    (fluxrun.backends.speed), so warming two sizes leaves no size to compile in a user's task.
+    A size a tool does not accept is skipped with a line saying why."""
     for tool in tools:
         try:
             backend = backends.get(tool.backend)
         except BackendUnavailable:
             continue  # already reported by load_all
-        request = tool.to_request(tool.validate({"prompt": "warm-up", "steps": WARMUP_STEPS, "samples": 1}))
-        started = time.monotonic()
-        try:
-            memory.generate(backend, request, RecordingJob())
-        except Exception as exc:  # a warm-up failure is news, not a reason to stop serving
-            log.error("warm-up of %s failed: %s: %s", tool.slug, type(exc).__name__, exc)
-            continue
-        log.info("warm-up of %s (%dx%d, %d steps): %.1f s", tool.slug, request.width, request.height,
-                 request.steps, time.monotonic() - started)
+        for size in sizes or (None,):
+            values: dict[str, object] = {"prompt": "warm-up", "steps": WARMUP_STEPS, "samples": 1}
+            if size is not None:
+                values.update(width=size[0], height=size[1])
+            try:
+                request = tool.to_request(tool.validate(values))
+            except ValidationError as exc:
+                log.info("warm-up of %s at %dx%d skipped: %s", tool.slug, *(size or (0, 0)), exc)
+                continue
+            started = time.monotonic()
+            try:
+                memory.generate(backend, request, RecordingJob())
+            except Exception as exc:  # a warm-up failure is news, not a reason to stop serving
+                log.error("warm-up of %s failed: %s: %s", tool.slug, type(exc).__name__, exc)
+                continue
+            log.info("warm-up of %s (%dx%d, %d steps): %.1f s", tool.slug, request.width, request.height,
+                     request.steps, time.monotonic() - started)
 
 
 UNMODERATED_LINE = (
