@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="how often an idle worker looks for work besides the wake-ups of the event bus"
     )
     reaper_seconds: float = Field(2.0, gt=0, description="how often the API re-queues expired leases")
+    overlap_postprocess: bool = Field(
+        True, description="a worker encodes, uploads and records a task's images on a thread of its own while its "
+        "GPU makes the next task's; false: one task at a time, start to end"
+    )
     # Operations: the worker registry, shutdown, logs.
     worker_heartbeat_seconds: float = Field(
         5.0, gt=0, description="how often a worker refreshes its registry row; not seen for 3 of these: gone"

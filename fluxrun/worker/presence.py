@@ -7,6 +7,11 @@ between, with the GPU memory torch sees. Each write promises the next: the row i
 until ``GONE_AFTER_BEATS`` heartbeats from now, after which readers count the worker as
 gone (killed, crashed, cut off). A clean exit marks it ``stopped``.
 
+A worker may hold more than one task: one generating while the ones before it are being
+finished (encoded, uploaded, recorded: worker/finisher.py). It is busy while it holds any; the
+task its row names is the newest it holds, the one on the GPU (the others still show their
+lease's owner on the task itself).
+
 All writes happen on the thread, so the claim loop never waits on the registry.
 """
 
@@ -60,6 +65,7 @@ class Presence:
             alive_until=now,
         )
         self._register = True  # the next write inserts the whole row
+        self._tasks: list[int] = []  # the tasks in hand, oldest first
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-presence", daemon=True)
@@ -74,10 +80,29 @@ class Presence:
         self._change(tools=tuple(tools), state="idle", register=True)
 
     def busy(self, task_id: int) -> None:
-        self._change(state="busy", task_id=task_id)
+        """A task is in hand (the newest: the row names it)."""
+        with self._lock:
+            self._tasks.append(task_id)
+            self._change_locked(state="busy", task_id=task_id)
+        self._wake.set()
+
+    def done(self, task_id: int) -> None:
+        """A task left this worker's hands; idle once none is left."""
+        with self._lock:
+            if task_id in self._tasks:
+                self._tasks.remove(task_id)
+            if self._tasks:
+                self._change_locked(state="busy", task_id=self._tasks[-1])
+            else:
+                self._change_locked(state="idle", task_id=None)
+        self._wake.set()
 
     def idle(self) -> None:
-        self._change(state="idle", task_id=None)
+        """No task in hand any more."""
+        with self._lock:
+            self._tasks.clear()
+            self._change_locked(state="idle", task_id=None)
+        self._wake.set()
 
     def stopping(self) -> None:
         self._change(state="stopping")
@@ -100,13 +125,16 @@ class Presence:
     # -- the thread -----------------------------------------------------------------------
     def _change(self, *, state: WorkerState, register: bool = False, **fields: object) -> None:
         with self._lock:
-            record = self._record
-            # Once stopping, a worker only finishes what it holds: it never looks idle or busy again.
-            if record.state == "stopping" and state in ("idle", "busy"):
-                state = "stopping"
-            self._record = replace(record, state=state, **fields)
-            self._register = self._register or register
+            self._change_locked(state=state, register=register, **fields)
         self._wake.set()
+
+    def _change_locked(self, *, state: WorkerState, register: bool = False, **fields: object) -> None:
+        record = self._record
+        # Once stopping, a worker only finishes what it holds: it never looks idle or busy again.
+        if record.state == "stopping" and state in ("idle", "busy"):
+            state = "stopping"
+        self._record = replace(record, state=state, **fields)
+        self._register = self._register or register
 
     def _run(self) -> None:
         while not self._closed.is_set():

@@ -1,9 +1,10 @@
 """How a worker process stops.
 
-- The first SIGTERM (or SIGINT): take no new task, finish the one in hand, exit. While the
-  models are still loading there is no task: the process exits at once.
-- A second signal, or ``grace_seconds`` after the first with the task still unfinished:
-  stop now. The task goes back to the queue at once (TaskStore.hand_back: another worker
+- The first SIGTERM (or SIGINT): take no new task, finish the ones in hand (the one
+  generating and those being finished, worker/finisher.py), exit. While the models are still
+  loading there is no task: the process exits at once.
+- A second signal, or ``grace_seconds`` after the first with a task still unfinished:
+  stop now. The tasks in hand go back to the queue at once (TaskStore.hand_back: another worker
   can take it right away, and the attempt does not count against FLUXRUN_MAX_ATTEMPTS),
   generation stops at its next step, and the process exits.
 

@@ -4,8 +4,10 @@ One thread per worker process listens to the store's events and turns them into 
 claim loop and the running task need to know at once:
 - a task was queued (new, or again after a lost lease): wake the idle claim loop, so a
   task starts within milliseconds of its Run instead of at the next poll;
-- the running task was killed: ``check()`` stops it now, not at its next progress write
-  (this matters for backends waiting on something without steps);
+- a task in hand was killed: ``check()`` stops it now, not at its next progress write
+  (this matters for backends waiting on something without steps), and the finisher writes
+  no more of its files (a worker holds up to three tasks: one generating, the others being
+  finished, worker/finisher.py);
 - a task ended anywhere (here, in another worker, or killed or cancelled through an API
   process): wake the callback deliverer, whose delivery may now be due;
 - a client asked for live previews of a task (the API process says so on the bus, since
@@ -32,7 +34,7 @@ _ENDS = frozenset({Status.CANCEL.value, Status.POSTPROCESS_END.value})
 
 
 class TaskSignals:
-    """What the bus says about the task in hand."""
+    """What the bus says about one task in hand."""
 
     def __init__(self, task_id: int, previews: bool) -> None:
         self.task_id = task_id
@@ -48,7 +50,7 @@ class BusWatcher:
         self._closed = threading.Event()
         self.work = threading.Event()
         self._lock = threading.Lock()
-        self._current: TaskSignals | None = None
+        self._in_hand: dict[int, TaskSignals] = {}
         self._previews: OrderedDict[int, None] = OrderedDict()
         self._thread = threading.Thread(target=self._listen, name="worker-events", daemon=True)
 
@@ -67,12 +69,14 @@ class BusWatcher:
 
     def begin(self, task_id: int) -> TaskSignals:
         with self._lock:
-            self._current = TaskSignals(task_id, previews=task_id in self._previews)
-            return self._current
+            signals = self._in_hand[task_id] = TaskSignals(task_id, previews=task_id in self._previews)
+            return signals
 
-    def end(self) -> None:
+    def end(self, signals: TaskSignals) -> None:
+        """The task of ``signals`` left this worker's hands (a later attempt of it may hold it again)."""
         with self._lock:
-            self._current = None
+            if self._in_hand.get(signals.task_id) is signals:
+                del self._in_hand[signals.task_id]
 
     def _listen(self) -> None:
         subscription: Subscription | None = None
@@ -100,12 +104,12 @@ class BusWatcher:
                 self._previews[task_id] = None
                 while len(self._previews) > _REMEMBERED_PREVIEWS:
                     self._previews.popitem(last=False)
-                if self._current is not None and self._current.task_id == task_id:
-                    self._current.previews = True
+                if task_id in self._in_hand:
+                    self._in_hand[task_id].previews = True
         elif kind in _ENDS:
             if kind == Status.CANCEL.value:
                 with self._lock:
-                    if self._current is not None and self._current.task_id == task_id:
-                        self._current.killed.set()
+                    if task_id in self._in_hand:
+                        self._in_hand[task_id].killed.set()
             if self._on_task_end is not None:
                 self._on_task_end()

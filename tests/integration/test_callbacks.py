@@ -172,7 +172,7 @@ def test_a_cancel_through_the_api_is_called_back_at_once_by_an_idle_worker(
     # The task ends in the API process; the worker hears it on the bus and wakes its
     # deliverer, which polls only once a minute here.
     rig = _rig(store, backends, tmp_path, receiver, callback_poll_seconds=60, idle_poll_seconds=60)
-    monkeypatch.setattr(rig.worker, "run_once", lambda: False)  # it claims nothing: the task stays queued
+    monkeypatch.setattr(rig.worker.store, "claim", lambda *_, **__: None)  # it claims nothing: the task stays queued
     stop = threading.Event()
     loop = threading.Thread(target=rig.worker.run_forever, args=(stop,))
     rig.deliverer.start()
