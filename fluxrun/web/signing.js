@@ -47,7 +47,12 @@ export class NonceClock {
     const serverTime = Date.parse(dateHeader || "");
     if (Number.isNaN(serverTime)) return;
     const difference = serverTime - Date.now();
-    this.skewMs = Math.abs(difference) > 30_000 ? difference : 0;
+    // Within 30 s of what is known: the header's rounding and the network's time, not a new clock.
+    if (Math.abs(difference - this.skewMs) <= 30_000) return;
+    this.skewMs = difference;
+    // Nonces count from the corrected clock now; those sent before were off by more than 30 s,
+    // so the new ones do not meet them.
+    this.last = 0;
   }
 }
 

@@ -102,6 +102,9 @@ def test_log_in_run_watch_the_progress_and_download_the_image(page: Any, server:
     expect(page.locator("#in-width-help")).to_contain_text("From 64 to 2048, in steps of 16. Default: 1024.")
     expect(page.locator("#in-pixelOutput option")).to_have_text(["Upscaled", "Sprite"])
     expect(page.locator("#in-steps")).to_have_value("12")
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll("input, select, textarea")]
+      .filter((control) => control.labels.length === 0).map((control) => control.id)""")
+    assert unlabelled == []  # every control has its label
     screenshot(page, "02-form")
 
     page.evaluate(RECORD)
@@ -355,6 +358,15 @@ def test_the_page_signs_without_webcrypto(pages: Pages, server: Server) -> None:
     page = pages.open(init_script="Object.defineProperty(Crypto.prototype, 'subtle', { get() { return undefined; } });")
     logged_in(page, server)
     assert page.evaluate("globalThis.crypto.subtle === undefined")
+    expect(page.locator(".tool-button")).to_have_count(len(TOOLS))
+    expect(page.locator("#history li").first).to_be_visible()
+
+
+def test_a_browser_clock_ten_minutes_off_still_signs(pages: Pages, server: Server) -> None:
+    # The server refuses a time-like nonce more than 5 minutes from its clock: the page learns
+    # the server's clock from the answer's Date header and signs again.
+    page = pages.open(init_script="const realNow = Date.now; Date.now = () => realNow() + 10 * 60 * 1000;")
+    logged_in(page, server)
     expect(page.locator(".tool-button")).to_have_count(len(TOOLS))
     expect(page.locator("#history li").first).to_be_visible()
 
