@@ -223,8 +223,8 @@ def _announce_playground(settings: Any, store: Any, base_url: str) -> None:
 
 @app.command("login-link")
 def login_link(
-    api_key: Annotated[Optional[str], typer.Option("--key", help="The project's API key [default: the project "
-                                                   "of credentials.json, else the oldest active one]")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--key", help="The project's API key (default: the project "
+                                                   "of credentials.json, else the oldest active one)")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     host: Host = None,
