@@ -1,5 +1,5 @@
-"""The command line: serve | api | worker | workers | keys | db, and the client's
-run | tools | task | tasks | cancel | kill (fluxrun.cli_client)."""
+"""The command line: serve | api | worker | workers | keys | db | login-link, and the
+client's run | tools | task | tasks | cancel | kill (fluxrun.cli_client)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,7 @@ def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> No
         console.print(f"  (also in {first.path}, mode 0600)")
     elif settings.credentials_path.exists():
         _say(f"credentials of the first project: {settings.credentials_path}")
+    _announce_playground(settings, store, base_url)
     if with_workers:
         _say(f"{settings.workers} worker process(es), models: {settings.models}")
         if settings.workers == 0:
@@ -201,6 +202,59 @@ def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> No
         if settings.models != "real":
             _say("[bold yellow]Without a CUDA GPU the workers serve TINY random-weight models "
                  "(images are noise); each worker says which at start.[/bold yellow]", logging.WARNING)
+
+
+def _announce_playground(settings: Any, store: Any, base_url: str) -> None:
+    """The playground's address and, on a terminal, a one-time link that logs it in."""
+    import time
+
+    from fluxrun.credentials import issue_login_link
+    from fluxrun.logincode import TTL_SECONDS
+
+    if _json_logs():
+        # Log lines go to log stores, and the link stands for the API secret until it is used.
+        _say(f"playground: {base_url}/ (run `fluxrun login-link` on this machine for a one-time login link)")
+        return
+    link = issue_login_link(store, settings.credentials_path, base_url, time.time())
+    if link is None:
+        _say(f"playground: {base_url}/ (no active project to log in with: `fluxrun keys create`)")
+        return
+    console.print(f"[bold]Playground:[/bold] {base_url}/")
+    console.print(f"  one-time login link ({link.project.name!r}; it works once, for {TTL_SECONDS // 60} minutes; "
+                  f"`fluxrun login-link` makes another): {link.url}", soft_wrap=True)
+
+
+@app.command("login-link")
+def login_link(
+    api_key: Annotated[Optional[str], typer.Option("--key", help="The project's API key (default: the project "
+                                                   "of credentials.json, else the oldest active one)")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    host: Host = None,
+    port: Port = None,
+    public_url: PublicUrl = None,
+) -> None:
+    """Print a new one-time link that logs the playground in (it works once, for 15 minutes)."""
+    import time
+
+    from fluxrun.credentials import issue_login_link
+    from fluxrun.logincode import TTL_SECONDS
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, host=host, port=port, public_url=public_url)
+    store = _open_store(settings, migrate=True)
+    try:
+        link = issue_login_link(store, settings.credentials_path, settings.effective_public_url, time.time(), api_key)
+    except ValueError as exc:
+        console.print(f"[red]--key: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if link is None:
+        console.print("[red]no active project: create one with `fluxrun keys create`[/red]")
+        raise typer.Exit(1)
+    console.print(f"project {link.project.name!r}: this link works once, for {TTL_SECONDS // 60} minutes",
+                  soft_wrap=True)
+    print(link.url)  # stdout: the link alone, for scripts
 
 
 def _json_logs() -> bool:

@@ -21,7 +21,7 @@ from fluxrun import __version__
 from fluxrun.api.events_hub import EventHub
 from fluxrun.api.lifecycle import Lifecycle, Readiness
 from fluxrun.api.metrics import Metrics, RequestMetrics
-from fluxrun.api.routes import files, health, run, socket, task, tool
+from fluxrun.api.routes import files, health, playground, run, socket, task, tool
 from fluxrun.api.state import AppState
 from fluxrun.config import Settings
 from fluxrun.errors import FluxrunError
@@ -62,7 +62,7 @@ def create_app(
     app.state.fluxrun_hub = hub
     app.state.fluxrun_readiness = Readiness(store, storage, state.lifecycle)
     app.state.fluxrun_metrics = metrics = Metrics(store)
-    for module in (run, task, tool, files, socket, health):
+    for module in (run, task, tool, files, socket, health, playground):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(LogScope)  # outermost: the access line of a request is logged inside its scope

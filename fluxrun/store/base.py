@@ -14,6 +14,7 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
 - a stopping worker may hand its task back (``hand_back``): the task is queued again at once,
   without waiting for the lease to expire, and that attempt does not count against
   ``max_attempts`` (the attempt number still grows, so the old attempt stays fenced off);
+- a login code is redeemed at most once, before it expires, by whichever process asks first;
 - workers register in the worker registry and refresh their row by heartbeat; a row not
   refreshed by its ``alive_until`` is a worker that is gone.
 - claims follow the queue policy: a higher project priority first, then the project with the
@@ -190,6 +191,14 @@ class WorkerRecord:
     def takes_tasks(self, now: float) -> bool:
         """Live and claiming (or about to): not loading its models, not on its way out."""
         return self.live(now) and self.state in ("idle", "busy")
+
+
+@dataclass(frozen=True)
+class LoginRedemption:
+    """What redeeming a login code gave: its project, or why not."""
+
+    project_id: int | None
+    problem: Literal["unknown", "used", "expired"] | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +401,18 @@ class TaskStore(ABC):
     @abstractmethod
     def forget_workers(self, before: float) -> int:
         """Delete the rows of workers not seen since ``before``; how many."""
+
+    # -- the playground's one-time login codes -------------------------------------------
+    @abstractmethod
+    def add_login_code(self, project_id: int, code_hash: str, now: float, expires_at: float) -> None:
+        """Keep a login code's hash for this project until ``expires_at`` (and forget the
+        codes that are used or expired)."""
+
+    @abstractmethod
+    def redeem_login_code(self, code_hash: str, now: float) -> LoginRedemption:
+        """Use the code with this hash: its project the first time, before it expires; after
+        that, or for an unknown code, the problem. Atomic: one redemption per code, whichever
+        process asks."""
 
     # -- numbers for metrics --------------------------------------------------------------
     @abstractmethod

@@ -175,3 +175,16 @@ workers = Table(
     Column("gpu_reserved", BigInteger, nullable=True),
     Column("gpu_total", BigInteger, nullable=True),
 )
+
+# One-time codes of the playground's login link (fluxrun/logincode.py): only a code's SHA-256
+# is kept, so reading the database does not give a usable code. A code works once
+# (``used_at``), until ``expires_at``; rows are forgotten when a new code is issued.
+login_codes = Table(
+    "login_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),  # hex SHA-256 of the code
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)

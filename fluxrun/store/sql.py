@@ -39,6 +39,7 @@ from fluxrun.store.base import (
 )
 from fluxrun.store.deliveries import DeliveryQueries, new_webhook_secret, queue_callback
 from fluxrun.store.events import MAX_ERROR_CHARS, TASK_ERROR, EventBus, TaskEvent
+from fluxrun.store.logins import LoginQueries
 from fluxrun.store.queue import check_limits, next_task
 from fluxrun.store.schema import nonces, outputs, projects, tasks
 from fluxrun.store.stats import StatsQueries
@@ -74,7 +75,7 @@ def _sources(new: Status) -> list[str]:
     return [s.value for s in Status if is_legal(s, new)]
 
 
-class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, TaskStore):
+class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, TaskStore):
     def __init__(self, engine: Engine, events: EventBus) -> None:
         self.engine = engine
         self.events = events
