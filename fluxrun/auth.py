@@ -45,7 +45,8 @@ def verify(api_key: str, api_secret: str, nonce: str, signature: str) -> bool:
 
 def nonce_time(nonce: str) -> float | None:
     """The unix time a nonce stands for, or None when it is just a random value."""
-    if not nonce.isdigit() or len(nonce) > 20:
+    # ASCII digits only: str.isdigit() is also true of "²" or "٣", which int() refuses or reads.
+    if not (nonce.isascii() and nonce.isdigit()) or len(nonce) > 20:
         return None
     value = int(nonce)
     if _SECONDS_RANGE[0] <= value < _SECONDS_RANGE[1]:
@@ -57,8 +58,10 @@ def nonce_time(nonce: str) -> float | None:
 
 def nonce_problem(nonce: str, now: float, window_s: float = DEFAULT_NONCE_WINDOW_S) -> str | None:
     """Why a nonce is unacceptable on its face (before the replay check), or None."""
-    if not nonce or len(nonce) > MAX_NONCE_LENGTH or not nonce.isprintable():
-        return f"x-nonce must be 1 to {MAX_NONCE_LENGTH} printable characters."
+    # Printable ASCII only: a server reads other header bytes as Latin-1 and a client may
+    # have signed them as UTF-8, so such a nonce means different things at the two ends.
+    if not nonce or len(nonce) > MAX_NONCE_LENGTH or not (nonce.isascii() and nonce.isprintable()):
+        return f"x-nonce must be 1 to {MAX_NONCE_LENGTH} printable ASCII characters (a unix time or a random integer)."
     at = nonce_time(nonce)
     if at is not None and abs(now - at) > window_s:
         return (

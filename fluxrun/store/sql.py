@@ -24,6 +24,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 
 from fluxrun.errors import IllegalTransition, LeaseLost
 from fluxrun.status import RUNNING, TERMINAL, Status, is_legal
@@ -192,15 +193,20 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         return _project(row) if row else None
 
     def use_nonce(self, project_id: int, nonce: str, now: float, forget_after: float | None) -> bool:
-        with self._write() as conn:
-            seen = conn.execute(
-                select(nonces.c.nonce).where(nonces.c.project_id == project_id, nonces.c.nonce == nonce)
-            ).first()
-            if seen:
-                return False
-            conn.execute(
-                insert(nonces).values(project_id=project_id, nonce=nonce, seen_at=now, forget_after=forget_after)
-            )
+        try:
+            with self._write() as conn:
+                seen = conn.execute(
+                    select(nonces.c.nonce).where(nonces.c.project_id == project_id, nonces.c.nonce == nonce)
+                ).first()
+                if seen:
+                    return False
+                conn.execute(
+                    insert(nonces).values(project_id=project_id, nonce=nonce, seen_at=now, forget_after=forget_after)
+                )
+        except IntegrityError:
+            # PostgreSQL: a concurrent request with the same nonce inserted it between our read
+            # and our insert (the primary key refused ours). It was used: a replay, not an error.
+            return False
         return True
 
     def forget_old_nonces(self, now: float) -> int:

@@ -81,6 +81,30 @@ def test_nonce_is_single_use_per_project(store: TaskStore, project) -> None:
     assert not store.use_nonce(project.id, "123", now, None)
 
 
+def test_a_nonce_sent_by_many_requests_at_once_is_accepted_once_and_refused_for_the_others(
+    store: TaskStore, project
+) -> None:
+    # A captured request replayed in parallel: every replay must be a plain "used" (the API's
+    # 401), not a database error (a 500), and exactly one request may win.
+    for round_ in range(10):
+        barrier = threading.Barrier(6)
+        answers: list[object] = []
+
+        def send(nonce: str = f"race-{round_}") -> None:
+            barrier.wait()
+            try:
+                answers.append(store.use_nonce(project.id, nonce, time.time(), None))
+            except Exception as exc:  # what the test is about: none may escape
+                answers.append(exc)
+
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(answers, key=repr) == [False] * 5 + [True], answers
+
+
 def test_create_get_and_scope(store: TaskStore, project) -> None:
     other = store.create_project("other", "apikey")
     task = _task(store, project.id, seed=5)

@@ -47,3 +47,17 @@ def test_nonce_reading_as_time_must_be_recent() -> None:
     assert auth.nonce_problem("12345", now) is None
     assert auth.nonce_problem("", now) is not None
     assert auth.nonce_problem("x" * 200, now) is not None
+
+
+def test_a_nonce_of_other_digits_or_letters_is_refused_by_its_rule_not_by_a_crash() -> None:
+    now = 1_800_000_000.0
+    # "²" and "٣" pass str.isdigit(); int() raises on the first and reads the second.
+    for nonce in ["²", "¹²³", "٣", "١٨٠٠٠٠٠٠٠٠", "42é"]:
+        assert auth.nonce_time(nonce) is None
+        assert auth.nonce_problem(nonce, now) == (
+            "x-nonce must be 1 to 128 printable ASCII characters (a unix time or a random integer)."
+        )
+    # Random integers in any form are fine (the replay check is what guards them).
+    for nonce in ["0", "-5", "4 2", "1e9", "007"]:
+        assert auth.nonce_problem(nonce, now) is None, nonce
+    assert auth.nonce_problem("tab\there", now) is not None
