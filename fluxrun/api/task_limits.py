@@ -44,10 +44,12 @@ def check_task(tool: ToolSpec, params: Mapping[str, Any], settings: Settings) ->
     width, height = int(params[width_input.name]), int(params[height_input.name])
     pixels = width * height * samples
     if pixels > limit:
+        # Named after the width, as the tools' own width x height rule is (a client's "field:
+        # rule" parsing then finds a field); the rule names every input it counts.
         names = [width_input.name, height_input.name] + ([samples_input.name] if samples_input else [])
         sizes = [width, height] + ([samples] if samples_input else [])
-        raise ValidationError(" x ".join(names), f"must be at most {limit} pixels per task "
-                                                 f"(got {'x'.join(map(str, sizes))} = {pixels})")
+        raise ValidationError(width_input.name, f"{' x '.join(names)} must be at most {limit} pixels per task "
+                                                f"(got {'x'.join(map(str, sizes))} = {pixels})")
 
 
 def _input(tool: ToolSpec, role: Role) -> InputSpec | None:

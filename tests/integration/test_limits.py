@@ -19,6 +19,8 @@ from starlette.testclient import WebSocketTestSession
 
 from fluxrun.api.app import create_app
 from fluxrun.auth import signature_headers
+from fluxrun.client import protocol
+from fluxrun.client.errors import InputError, RateLimited
 from fluxrun.config import Settings
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
@@ -92,9 +94,11 @@ def test_a_body_over_the_size_limit_gets_413_and_queues_nothing(make_api: ApiFac
     accepted(api.http.post(PIXEL, content=at_limit, headers={**api.headers(), "Content-Type": "application/json"}))
 
     over = json.dumps({"prompt": "a cat", "pad": "x" * 5000})
-    message = refusal(api.http.post(PIXEL, content=over, headers={**api.headers(),
-                                                                  "Content-Type": "application/json"}), 413)
-    assert message == f"body: must be at most 2048 bytes (got {len(over)})"
+    response = api.http.post(PIXEL, content=over, headers={**api.headers(), "Content-Type": "application/json"})
+    assert refusal(response, 413) == f"body: must be at most 2048 bytes (got {len(over)})"
+    with pytest.raises(InputError) as raised:  # what the SDK makes of it
+        protocol.parse_answer(response.status_code, response.headers, response.content, "Run")
+    assert (raised.value.field, raised.value.status_code) == ("body", 413)
     assert api.post("/v1/Task/List", {}).json()["total"] == "1"
 
 
@@ -157,10 +161,10 @@ def test_pixels_per_task_count_every_image(make_api: ApiFactory) -> None:
     api = make_api(max_task_pixels=2 * 1024 * 1024)
     accepted(api.post(PIXEL, {"prompt": "a cat", "width": 1024, "height": 1024, "samples": 2}))
     assert refusal(api.post(PIXEL, {"prompt": "a cat", "width": 1024, "height": 1024, "samples": 3})) == \
-        "width x height x samples: must be at most 2097152 pixels per task (got 1024x1024x3 = 3145728)"
+        "width: width x height x samples must be at most 2097152 pixels per task (got 1024x1024x3 = 3145728)"
     accepted(api.post(FLUX2, {"prompt": "a cat", "width": 2048, "height": 1024}))
     assert refusal(api.post(FLUX2, {"prompt": "a cat", "width": 2048, "height": 1040})) == \
-        "width x height: must be at most 2097152 pixels per task (got 2048x1040 = 2129920)"
+        "width: width x height must be at most 2097152 pixels per task (got 2048x1040 = 2129920)"
     assert api.post("/v1/Task/List", {}).json()["total"] == "2"
 
 
@@ -179,6 +183,9 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(make_api: ApiFactory) -> 
     assert refusal(over, 429) == ("Too many requests: this API key may send 1 request a second, 3 at once. "
                                   "Try again in 1 second.")
     assert over.headers["Retry-After"] == "1"
+    with pytest.raises(RateLimited) as raised:  # what the SDK makes of it (it waits and retries reads)
+        protocol.parse_answer(over.status_code, over.headers, over.content, "Run")
+    assert raised.value.retry_after == 1
     assert api.store.list_tasks(api.project.id, start=0, limit=10)[0] == 0  # the refused Run queued nothing
 
     other = api.store.create_project("other", "signature")
