@@ -157,8 +157,9 @@ def measure(database_url: str, apis: int, clients: int, seconds: float, folder: 
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
     env = {**inherited, "PYTHONPATH": str(ROOT), "FLUXRUN_DATABASE_URL": database_url,
            # No worker runs: every task stays queued; neither the queue limit nor the
-           # project's concurrency limit may refuse the benchmark's tasks.
-           "FLUXRUN_QUEUE_LIMIT": "0", "FLUXRUN_PROJECT_CONCURRENCY": "0"}
+           # project's concurrency limit may refuse the benchmark's tasks, nor the per-key
+           # rate its one key's hundreds of requests a second.
+           "FLUXRUN_QUEUE_LIMIT": "0", "FLUXRUN_PROJECT_CONCURRENCY": "0", "FLUXRUN_RATE_LIMIT_PER_SECOND": "0"}
     admin = {**env, "FLUXRUN_DATA_DIR": str(folder / "admin")}
     _fluxrun(admin, "db", "upgrade")
     created = json.loads(_fluxrun(admin, "keys", "create", "--name", "bench", "--json"))

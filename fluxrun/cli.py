@@ -171,7 +171,8 @@ def _serve_api(settings: Any, store: Any, storage: Any, **shutdown: Any) -> None
 
     lifecycle = Lifecycle()
     app = create_app(settings, store, storage, lifecycle=lifecycle)
-    run_api(app, settings.host, settings.port, lifecycle, settings.drain_seconds, **shutdown)
+    run_api(app, settings.host, settings.port, lifecycle, settings.drain_seconds,
+            ws_max_size=settings.ws_frame_limit_bytes, **shutdown)
 
 
 def _announce(settings: Any, store: Any, storage: Any, with_workers: bool) -> None:

@@ -55,6 +55,29 @@ class Settings(BaseSettings):
         "project's own; a Run over it gets error code 96"
     )
     queue_limit: int = Field(10_000, ge=0, description="most tasks queued in all; a Run beyond it gets HTTP 429")
+    # Request limits (README "Limits"); 0 is no limit. The task limits' defaults are the tools'
+    # own maxima (FLUX.1 tools: 4 samples of 2048x2048, 50 steps), so by default they refuse
+    # nothing a tool page allows; an operator lowers them to fit a smaller GPU.
+    max_body_bytes: int = Field(
+        1_048_576, ge=0, description="largest request body in bytes; a bigger one gets HTTP 413 before it is read"
+    )
+    max_prompt_chars: int = Field(10_000, ge=0, description="longest prompt a Run may send, in characters")
+    max_samples: int = Field(4, ge=0, description="most images (samples) one task may ask for")
+    max_steps: int = Field(50, ge=0, description="most denoising steps one task may ask for")
+    max_task_pixels: int = Field(
+        16_777_216, ge=0, description="most pixels one task may ask for: width x height x samples"
+    )
+    rate_limit_per_second: float = Field(
+        50.0, ge=0, description="requests a second each API key may send (each client address, without a key); "
+        "over it HTTP 429 with Retry-After; counted by each API process on its own"
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="requests a key may send at once before the rate applies")
+    ws_max_message_bytes: int = Field(
+        4096, ge=0, description="largest message a WebSocket client may send; a bigger one closes it (code 1009)"
+    )
+    ws_max_tasks: int = Field(
+        100, ge=0, description="most tasks one WebSocket connection may watch at once (ended tasks do not count)"
+    )
     models: ModelsMode = "auto"
     lease_seconds: float = Field(30.0, gt=0, description="a worker that stops heartbeating loses its task after this")
     max_attempts: int = Field(3, ge=1, description="tries before a task whose worker keeps dying fails")
@@ -265,6 +288,18 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def ws_frame_limit_bytes(self) -> int:
+        """The WebSocket server's own cap on one message (uvicorn's ``ws_max_size``).
+
+        Above FLUXRUN_WS_MAX_MESSAGE_BYTES, so a message a little over the setting reaches the
+        handler, which says what the limit is; one far over it is cut by the protocol (close
+        1009) before the server buffers it whole. 0 (no limit): uvicorn's own 16 MiB.
+        """
+        if self.ws_max_message_bytes == 0:
+            return 16 * 1024 * 1024
+        return max(4 * self.ws_max_message_bytes, 64 * 1024)
 
     @property
     def outputs_dir(self) -> Path:

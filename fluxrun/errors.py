@@ -5,12 +5,14 @@ status and its message, so routes never format errors by hand:
 
     FluxrunError                      code 0, HTTP 200
     ├── ValidationError               code 0: names the field and the rule
+    │   └── BodyTooLarge              code 0, HTTP 413: the body is over FLUXRUN_MAX_BODY_BYTES
     ├── NotFoundError                 code 1
     ├── ConcurrencyLimitError         code 96: a project's tasks in flight are at its limit
     ├── AuthError                     code 99, HTTP 401
     │   └── SignInRequiredError       code 98, HTTP 401
     ├── RateLimitError                code 0, HTTP 429, with a Retry-After header when it
-    │                                 knows when to come back (the queue is full)
+    │                                 knows when to come back (the queue is full, too many
+    │                                 requests from one API key)
     └── ShuttingDown                  code 0, HTTP 503 + Retry-After: this API process is
                                       draining (SIGTERM); a load balancer retries elsewhere
 
@@ -65,6 +67,21 @@ class ValidationError(FluxrunError):
         self.rule = rule
 
 
+class BodyTooLarge(ValidationError):
+    """A request body over the size limit, refused before it is read whole.
+
+    HTTP 413 rather than the 200 of other validation errors: it is what a proxy in front of
+    the service answers for the same body, and a client that sent megabytes to an API whose
+    requests are a few hundred bytes has a bug it should hear about. The body is section 7's.
+    """
+
+    http_status = 413
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        got = f" (got {size})" if size is not None else ""
+        super().__init__("body", f"must be at most {limit} bytes{got}")
+
+
 class NotFoundError(FluxrunError):
     code = 1
 
@@ -105,6 +122,19 @@ class RateLimitError(FluxrunError):
         return cls(
             f"The queue is full: {queued} tasks are waiting for a worker and the server accepts at most {limit}. "
             f"Try again in {retry_after_seconds} seconds.",
+            retry_after_seconds,
+        )
+
+
+    @classmethod
+    def too_many_requests(cls, per_second: float, burst: int, retry_after_seconds: int,
+                          by_key: bool) -> RateLimitError:
+        """A request over the per-key (or, without a key, per-address) rate."""
+        who = "this API key" if by_key else "this address (no x-api-key)"
+        return cls(
+            f"Too many requests: {who} may send {per_second:g} request{'s' if per_second != 1 else ''} a second, "
+            f"{burst} at once. "
+            f"Try again in {retry_after_seconds} second{'s' if retry_after_seconds != 1 else ''}.",
             retry_after_seconds,
         )
 

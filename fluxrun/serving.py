@@ -90,9 +90,11 @@ def run_api(
     on_drain: Callable[[], None] | None = None,
     on_stop_now: Callable[[], None] | None = None,
     drained: Callable[[], bool] | None = None,
+    ws_max_size: int = 16 * 1024 * 1024,
 ) -> None:
+    """``ws_max_size``: the longest WebSocket message the protocol reads (uvicorn's; close 1009)."""
     # log_config=None: uvicorn's loggers go through the process's own handler (fluxrun.logs),
     # so its lines, access lines included, are text or JSON like every other line.
     config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level="info",
-                            timeout_graceful_shutdown=int(REQUESTS_GRACE_SECONDS))
+                            timeout_graceful_shutdown=int(REQUESTS_GRACE_SECONDS), ws_max_size=ws_max_size)
     GracefulServer(config, lifecycle, drain_seconds, on_drain, on_stop_now, drained).run()

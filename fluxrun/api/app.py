@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,6 +21,7 @@ from fluxrun import __version__
 from fluxrun.api.events_hub import EventHub
 from fluxrun.api.lifecycle import Lifecycle, Readiness
 from fluxrun.api.metrics import Metrics, RequestMetrics
+from fluxrun.api.ratelimit import RateLimiter, limit_rate
 from fluxrun.api.routes import files, health, playground, run, socket, task, tool
 from fluxrun.api.state import AppState
 from fluxrun.config import Settings
@@ -57,8 +58,10 @@ def create_app(
                 job.cancel()
             await run_in_threadpool(hub.stop)
 
-    app = FastAPI(title="fluxrun", version=__version__, lifespan=lifespan)
+    # limit_rate runs before every route's own dependencies (authentication included).
+    app = FastAPI(title="fluxrun", version=__version__, lifespan=lifespan, dependencies=[Depends(limit_rate)])
     app.state.fluxrun = state
+    app.state.fluxrun_rate_limiter = RateLimiter.from_settings(settings)
     app.state.fluxrun_hub = hub
     app.state.fluxrun_readiness = Readiness(store, storage, state.lifecycle)
     app.state.fluxrun_metrics = metrics = Metrics(store)

@@ -6,6 +6,9 @@
   JSON text as the body, sometimes not quite JSON. The first seed's Task/Detail line puts
   single quotes inside a shell single-quoted string, so the token arrives unquoted, followed
   by a trailing comma: ``{ "tasktoken": eDcCm5..., }``. ``parse_lenient`` reads that.
+
+Whatever the form, a body over FLUXRUN_MAX_BODY_BYTES is refused (HTTP 413) as soon as that
+is known: from its Content-Length before any of it is read, else while it streams in.
 """
 
 from __future__ import annotations
@@ -15,22 +18,25 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi import Depends
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
-from fluxrun.errors import ValidationError
+from fluxrun.api.state import AppState, app_state
+from fluxrun.errors import BodyTooLarge, ValidationError
 
 _NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
 
-async def read_body(request: Request) -> dict[str, Any]:
+async def read_body(request: Request, state: AppState = Depends(app_state)) -> dict[str, Any]:
     """The request's fields as a dict, whatever form the body came in."""
+    raw = await read_capped(request, state.settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
-        form = await request.form()
-        return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
-    raw = await request.body()
+        async with _replay(request, raw).form() as form:
+            return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -43,6 +49,41 @@ async def read_body(request: Request) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValidationError("body", "must be a JSON object or form fields")
     return document
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The whole body, or BodyTooLarge once it is known to be over ``limit`` bytes (0: no limit).
+
+    A declared Content-Length over the limit is refused before a byte is read; a body without
+    one (chunked) is counted as it arrives, so at most ``limit`` bytes and one chunk are held.
+    """
+    if limit <= 0:
+        return await request.body()
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit, int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replay(request: Request, raw: bytes) -> Request:
+    """The request again, its body the bytes already read, for Starlette's form parser."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 def parse_lenient(text: str) -> Any:

@@ -185,19 +185,30 @@ class EventHub:
 
     def disconnect(self, connection: Connection) -> None:
         for task_id, watch in connection.watches.items():
-            watches = self._watches.get(task_id, [])
-            if watch in watches:
-                watches.remove(watch)
-            if not watches:
-                self._watches.pop(task_id, None)
-            with self._lock:
-                interest = self._interest.get(task_id)
-                if interest is not None:
-                    interest.watchers -= 1
-                    interest.preview_watchers -= int(watch.previews)
-                    if interest.watchers <= 0:
-                        del self._interest[task_id]
+            self._unwatch(task_id, watch)
         connection.watches.clear()
+
+    def forget_ended(self, connection: Connection) -> None:
+        """Stop tracking the connection's tasks that ended: nothing more is sent for them, and
+        they no longer count against the tasks one connection may watch."""
+        for task_id, watch in list(connection.watches.items()):
+            if watch.ended:
+                self._unwatch(task_id, watch)
+                del connection.watches[task_id]
+
+    def _unwatch(self, task_id: int, watch: Watch) -> None:
+        watches = self._watches.get(task_id, [])
+        if watch in watches:
+            watches.remove(watch)
+        if not watches:
+            self._watches.pop(task_id, None)
+        with self._lock:
+            interest = self._interest.get(task_id)
+            if interest is not None:
+                interest.watchers -= 1
+                interest.preview_watchers -= int(watch.previews)
+                if interest.watchers <= 0:
+                    del self._interest[task_id]
 
     def request_previews(self, task: TaskRecord) -> None:
         """Tell the workers (whichever holds or will hold the task) a client wants previews."""

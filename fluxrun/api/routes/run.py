@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from fluxrun.api.body import read_body
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
+from fluxrun.api.task_limits import check_prompt, check_task
 from fluxrun.errors import CallbackRefused, ValidationError
 from fluxrun.logs import tag_task
 from fluxrun.netguard import Allowlist, check_url
@@ -32,7 +33,9 @@ def run(
 ) -> dict[str, Any]:
     state.lifecycle.refuse_if_draining()
     tool = find_tool(owner, project)
+    check_prompt(tool, body, state.settings)
     parameters = tool.validate(body)
+    check_task(tool, parameters, state.settings)
     callback_url, note = callback_from(body.get("callbackUrl"), state.settings.callback_allowlist)
     # Over the project's concurrency limit: code 96 (HTTP 200, as the hosted service answers);
     # the queue full: HTTP 429 with Retry-After. Both raised by the store, atomically with the insert.

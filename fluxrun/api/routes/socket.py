@@ -14,6 +14,11 @@ messages while the task denoises, ``message`` = a small JPEG in base64 (at most 
 A token that names no task gets ``{"type": "task_info", "tasktoken": ..., "message": "...",
 "result": false}`` and the connection is closed (code 1008); so is a message that is not a
 JSON object. Messages of other types are ignored, as the hosted service does.
+
+Limits: a message over FLUXRUN_WS_MAX_MESSAGE_BYTES gets such an answer and the close code
+1009 (message too big); a registration beyond FLUXRUN_WS_MAX_TASKS tasks watched at once
+(ended tasks do not count) gets a ``result: false`` answer naming the limit, and the
+connection stays open, still watching its tasks.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ REGISTER = "task_info"
 UNKNOWN_TOKEN = "There is no task with this tasktoken."
 NOT_JSON = 'Messages must be JSON objects, e.g. {"type":"task_info","tasktoken":"<socketaccesstoken>"}.'
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 
 
 @router.websocket("/v1")
@@ -52,7 +58,13 @@ async def task_socket(websocket: WebSocket) -> None:
             received = await websocket.receive()
             if received["type"] == "websocket.disconnect":
                 break
-            request = parse_request(received.get("text") or received.get("bytes"))
+            raw = received.get("text") or received.get("bytes")
+            too_big = _too_big(raw, state.settings.ws_max_message_bytes)
+            if too_big:
+                _refuse(connection, None, too_big, MESSAGE_TOO_BIG)
+                refused = True
+                continue
+            request = parse_request(raw)
             if request is None:
                 _refuse(connection, None, NOT_JSON)
                 refused = True
@@ -69,7 +81,15 @@ async def task_socket(websocket: WebSocket) -> None:
 
 
 async def _register(state: AppState, hub: EventHub, connection: Connection, request: dict[str, Any]) -> bool:
+    """Watch the task the request names; False when the connection must close."""
     token = request.get("tasktoken")
+    limit = state.settings.ws_max_tasks
+    if limit and not any(watch.task.token == token for watch in connection.watches.values()):
+        hub.forget_ended(connection)
+        if len(connection.watches) >= limit:  # checked before any database read
+            connection.send({"type": REGISTER, "tasktoken": token if isinstance(token, str) else None,
+                             "result": False, "message": _too_many_tasks(limit)})
+            return True
     task = await run_in_threadpool(state.store.task_by_token, token) if isinstance(token, str) else None
     if task is None:
         _refuse(connection, token, UNKNOWN_TOKEN)
@@ -85,10 +105,24 @@ async def _register(state: AppState, hub: EventHub, connection: Connection, requ
     return True
 
 
-def _refuse(connection: Connection, token: Any, reason: str) -> None:
+def _refuse(connection: Connection, token: Any, reason: str, code: int = POLICY_VIOLATION) -> None:
     connection.send({"type": REGISTER, "tasktoken": token if isinstance(token, str) else None,
                      "message": reason, "result": False})
-    connection.close(POLICY_VIOLATION, reason[:120])
+    connection.close(code, reason[:120])
+
+
+def _too_big(raw: str | bytes | None, limit: int) -> str:
+    """Why this message is over the size limit (0: none), or "" when it is not."""
+    size = len(raw.encode() if isinstance(raw, str) else raw or b"")
+    if not limit or size <= limit:
+        return ""
+    return f"Messages must be at most {limit} bytes (got {size})."
+
+
+def _too_many_tasks(limit: int) -> str:
+    return (f"This connection already watches {limit} tasks that have not ended, the most one connection may "
+            f"watch; it goes on watching them. Register this task once one of them has ended, or on another "
+            f"connection.")
 
 
 async def _send_all(websocket: WebSocket, connection: Connection) -> None:
