@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
 from fluxrun.api.body import read_body
+from fluxrun.api.openapi import TASK_REFERENCE, described, whole
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
 from fluxrun.api.waiting import add_waiting_lines
@@ -22,6 +23,16 @@ router = APIRouter()
 
 NO_TASK = "There is no task yet."
 MAX_PAGE = 100
+LIST_BODY = {
+    "type": "object",
+    "properties": {
+        "start": {**whole(0), "default": 0},
+        "limit": {**whole(1, MAX_PAGE), "default": 20},
+        "sort": {"type": "string", "enum": ["id"], "default": "id"},
+        "order": {"type": "string", "enum": ["DESC", "ASC"], "default": "DESC", "description": "any case"},
+        "modelName": {"type": "string", "description": "only this tool's tasks (owner/project)"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ def task_call(
     return TaskCall(request, caller, body, state)
 
 
-@router.post("/v1/Task/Detail")
+@router.post("/v1/Task/Detail", **described("One task of the caller's project", TASK_REFERENCE, "TaskAnswer"))
 def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     answer = detail_wire(task, call.state.storage, call.state.base_url(call.request))
@@ -77,7 +88,7 @@ def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return answer
 
 
-@router.post("/v1/Task/List")
+@router.post("/v1/Task/List", **described("The caller's tasks, newest first by default", LIST_BODY, "TaskAnswer"))
 def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     body = call.body
     start = _int_field(body, "start", 0, low=0)
@@ -94,7 +105,7 @@ def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return {"total": str(total), "errors": [], "tasklist": call.wire(tasks), "result": True}
 
 
-@router.post("/v1/Task/Cancel")
+@router.post("/v1/Task/Cancel", **described("Cancel a task still queued", TASK_REFERENCE, "TaskChangeAnswer"))
 def cancel(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     cancelled = call.state.store.cancel_queued(call.caller.id, task.id, time.time())
@@ -103,7 +114,7 @@ def cancel(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return {"errors": [], "tasklist": call.wire([cancelled]), "result": True}
 
 
-@router.post("/v1/Task/Kill")
+@router.post("/v1/Task/Kill", **described("Stop a queued or running task", TASK_REFERENCE, "TaskChangeAnswer"))
 def kill(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     killed = call.state.store.kill(call.caller.id, task.id, time.time())
