@@ -45,7 +45,7 @@ def verify(api_key: str, api_secret: str, nonce: str, signature: str) -> bool:
 
 def nonce_time(nonce: str) -> float | None:
     """The unix time a nonce stands for, or None when it is just a random value."""
-    if not nonce.isdigit() or len(nonce) > 20:
+    if not nonce.isascii() or not nonce.isdigit() or len(nonce) > 20:  # isdigit() alone takes "²"
         return None
     value = int(nonce)
     if _SECONDS_RANGE[0] <= value < _SECONDS_RANGE[1]:

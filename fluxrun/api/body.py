@@ -16,19 +16,52 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from fluxrun.errors import ValidationError
 
 _NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
+# No request of this API nests more than a level or two; deeper is refused before Python's
+# recursion limit is (json.loads raises RecursionError, not ValueError, on deep nesting).
+MAX_DEPTH = 64
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    """The request's fields as a dict, whatever form the body came in."""
+    """The request's fields as a dict, whatever form the body came in.
+
+    Text holding NUL (U+0000) is refused, naming the field: no input has a use for it, and
+    PostgreSQL cannot store or even compare text that holds it.
+    """
+    fields = await _read_fields(request)
+    for key, value in fields.items():
+        if "\x00" in key:
+            raise ValidationError("body", "field names must not contain the NUL character (U+0000)")
+        if _holds_nul(value):
+            raise ValidationError(key, "must not contain the NUL character (U+0000)")
+    return fields
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+async def _read_fields(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
-        form = await request.form()
+        try:
+            form = await request.form()
+        except (HTTPException, MultiPartException) as exc:  # Starlette's 400: a body error like any other
+            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+            raise ValidationError("body", f"is not valid multipart/form-data: {detail}") from None
         return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
     raw = await request.body()
     try:
@@ -50,6 +83,8 @@ def parse_lenient(text: str) -> Any:
     trailing commas)."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ValidationError("body", f"is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError:
         pass
     parser = _LenientParser(text)
@@ -64,6 +99,7 @@ class _LenientParser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0
 
     def fail(self, why: str) -> None:
         raise ValidationError("body", f"is not valid JSON: {why} at character {self.pos}")
@@ -78,10 +114,13 @@ class _LenientParser:
 
     def value(self, top: bool = False) -> Any:
         char = self.peek()
-        if char == "{":
-            return self.object()
-        if char == "[":
-            return self.array()
+        if char in "{[":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail(f"nested more than {MAX_DEPTH} levels")
+            found = self.object() if char == "{" else self.array()
+            self.depth -= 1
+            return found
         if char in "\"'":
             return self.string()
         if not char:
@@ -140,8 +179,8 @@ class _LenientParser:
                 body = "".join(chars)
                 if quote == "'":
                     body = body.replace("\\'", "'").replace('"', '\\"')
-                try:
-                    return json.loads(f'"{body}"')
+                try:  # not strict: a line break typed inside the quotes stays a line break
+                    return json.loads(f'"{body}"', strict=False)
                 except ValueError:
                     return body
             chars.append(char)
@@ -160,5 +199,8 @@ class _LenientParser:
         if word in _LITERALS:
             return _LITERALS[word]
         if _NUMBER.match(word):
-            return json.loads(word)
+            try:
+                return json.loads(word)
+            except ValueError:  # more digits than Python converts (4300): left as text, for the field's rule
+                return word
         return word

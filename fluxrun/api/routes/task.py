@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,12 @@ router = APIRouter()
 
 NO_TASK = "There is no task yet."
 MAX_PAGE = 100
+# A task id is a 32-bit integer column (PostgreSQL's INTEGER): a larger id names no task (and the
+# query would overflow). An offset may be up to a signed 64-bit value (SQLite's largest integer).
+MAX_TASK_ID = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+# ASCII digits: str.isdigit() also takes "²", which int() refuses.
+_WHOLE = re.compile(r"-?[0-9]+")
 LIST_BODY = {
     "type": "object",
     "properties": {
@@ -58,9 +65,10 @@ class TaskCall:
         store = self.state.store
         if task_id not in (None, ""):
             text = str(task_id).strip()
-            if not text.isdigit():
+            if not _WHOLE.fullmatch(text) or text.startswith("-"):
                 raise ValidationError("taskid", "must be a task id (digits)")
-            task = store.get_task(self.caller.id, task_id=int(text))
+            number = int(text)
+            task = store.get_task(self.caller.id, task_id=number) if number <= MAX_TASK_ID else None
         elif token not in (None, ""):
             task = store.get_task(self.caller.id, token=str(token).strip())
         else:
@@ -91,7 +99,7 @@ def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
 @router.post("/v1/Task/List", **described("The caller's tasks, newest first by default", LIST_BODY, "TaskAnswer"))
 def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     body = call.body
-    start = _int_field(body, "start", 0, low=0)
+    start = _int_field(body, "start", 0, low=0, high=MAX_OFFSET)
     limit = _int_field(body, "limit", 20, low=1, high=MAX_PAGE)
     order = str(body.get("order") or "DESC").upper()
     if order not in ("ASC", "DESC"):
@@ -128,7 +136,7 @@ def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: in
     if raw in (None, ""):
         return default
     text = str(raw).strip()
-    if not text.lstrip("-").isdigit():
+    if not _WHOLE.fullmatch(text):
         raise ValidationError(name, "must be an integer")
     value = int(text)
     if value < low or (high is not None and value > high):

@@ -76,6 +76,6 @@ def _non_negative(body: dict[str, Any], name: str, default: int) -> int:
     if raw in (None, ""):
         return default
     text = str(raw).strip()
-    if not text.isdigit():
+    if not text.isascii() or not text.isdigit():  # isdigit() alone also takes "²", which int() refuses
         raise ValidationError(name, "must be a non-negative integer")
     return int(text)
