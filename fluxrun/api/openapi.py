@@ -50,8 +50,9 @@ SECURITY_SCHEMES = {
 }
 ERROR_CODES = (0, 1, 96, 97, 98, 99)
 _ERROR_STATUSES = {
-    401: "Authentication failed: missing, unknown or revoked key, bad signature, reused or stale nonce "
-         "(code 98 sign-in required, 99 token problem).",
+    401: "Authentication failed (code 98 sign-in required, 99 token problem): under /v1 a missing, unknown or "
+         "revoked key, a bad signature, a reused or stale nonce; at the playground's login a code that is "
+         "unknown, used or expired.",
     404: "Not found.",
     429: "The server's queue is full; Retry-After says when to come back.",
     503: "This server is shutting down and takes no new tasks; Retry-After says when to retry (elsewhere).",
