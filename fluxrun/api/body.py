@@ -33,24 +33,27 @@ async def read_body(request: Request) -> dict[str, Any]:
     """The request's fields as a dict, whatever form the body came in.
 
     Text holding NUL (U+0000) is refused, naming the field: no input has a use for it, and
-    PostgreSQL cannot store or even compare text that holds it.
+    PostgreSQL cannot store or even compare text that holds it. So is nesting deeper than
+    MAX_DEPTH, however the body came.
     """
     fields = await _read_fields(request)
     for key, value in fields.items():
         if "\x00" in key:
             raise ValidationError("body", "field names must not contain the NUL character (U+0000)")
-        if _holds_nul(value):
+        if _holds_nul(value, depth=2):
             raise ValidationError(key, "must not contain the NUL character (U+0000)")
     return fields
 
 
-def _holds_nul(value: Any) -> bool:
+def _holds_nul(value: Any, depth: int) -> bool:
     if isinstance(value, str):
         return "\x00" in value
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        raise ValidationError("body", f"is nested too deeply (at most {MAX_DEPTH} levels)")
     if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+        return any(_holds_nul(key, depth) or _holds_nul(item, depth + 1) for key, item in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+        return any(_holds_nul(item, depth + 1) for item in value)
     return False
 
 

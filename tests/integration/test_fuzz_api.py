@@ -2,10 +2,12 @@
 
 Every operation of /openapi.json (each tool's Run with its own inputs, the generic Run,
 Task/*, Tool/*, the output files, the playground's login) gets requests generated from
-its schema: well-formed ones, malformed ones (schemathesis' negative mode) and ones with
+its schema: well-formed ones, malformed ones (schemathesis' negative mode), ones with
 broken authentication, in every body form (JSON, real multipart, URL-encoded, and the
-seeds' JSON under a bare multipart header). Each request is signed with a fresh nonce
-unless the case is about broken authentication. What a client would see is checked:
+seeds' JSON under a bare multipart header), and raw bodies no schema describes (any bytes,
+near-JSON, deep nesting, huge numbers, NUL) under any content type. Each request is signed
+with a fresh nonce unless the case is about broken authentication. What a client would see
+is checked:
 
 - never a 5xx, never a request left hanging (a 10 s deadline per request);
 - every answer is one the document lists (status, content type, body schema);
@@ -54,7 +56,7 @@ from tests.conftest import BACKENDS, PostgresSchema, postgres_url
 pytestmark = pytest.mark.slow
 
 MIN_CASES = 2000  # asked for by the issue, on SQLite alone; PostgreSQL gets half as many more
-FUZZ_TESTS = ("well-formed", "malformed", "broken auth")
+FUZZ_TESTS = ("well-formed", "malformed", "broken auth", "raw bodies")
 DEADLINE_SECONDS = 10.0  # a request still unanswered after this is a hang
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 AUTH_HEADERS = ("x-api-key", "x-nonce", "x-signature")
@@ -214,7 +216,9 @@ def assert_error_shape(answer: Any) -> None:
         assert error["code"] in ERROR_CODES and isinstance(error["message"], str) and error["message"], answer
 
 
-def run_each_operation(target: Target, kind: str, examples: int, make_test: Callable[[Any], Any]) -> None:
+def run_each_operation(
+    target: Target, kind: str, examples: int, make_test: Callable[[Any], Any], methods: set[str] | None = None
+) -> None:
     """Run ``make_test(operation)`` (a Hypothesis test) for every operation, collecting failures
     instead of stopping at the first, so one run reports every broken operation; check that
     nearly ``examples`` cases ran for each operation that can have cases of this kind."""
@@ -222,6 +226,8 @@ def run_each_operation(target: Target, kind: str, examples: int, make_test: Call
     per_operation: dict[str, int] = {}
     examples = round(examples * target.scale)
     for operation in target.operations():
+        if methods and operation.method.upper() not in methods:
+            continue
         test = settings(max_examples=examples, **HYPOTHESIS)(make_test(operation))
         before = sum(target.ran.values())
         try:
@@ -302,6 +308,45 @@ def test_malformed_requests(target: Target) -> None:
         return test
 
     run_each_operation(target, "malformed", 50, make_test)
+
+
+# Bodies no schema describes: any bytes, near-JSON, deep nesting, huge numbers, NUL, under any
+# content type a client may send (or none).
+RAW_CONTENT_TYPES = st.sampled_from([
+    None, "application/json", "multipart/form-data", "multipart/form-data; boundary=xyz",
+    "application/x-www-form-urlencoded", "text/plain", "application/json; charset=latin-1", "image/png",
+])
+NEAR_JSON = st.from_regex(r"\{\s*(['\"]?[a-zA-Z]{1,8}['\"]?\s*:\s*(-?[0-9]{1,30}|'[^']{0,9}'|\"[^\"]{0,9}\"|[a-z]{1,6}|\[|\{)"
+                          r"\s*,?\s*){0,4}\}?", fullmatch=True)
+RAW_BODIES = st.one_of(
+    st.binary(max_size=400),
+    st.text(max_size=200).map(str.encode),
+    NEAR_JSON.map(str.encode),
+    st.integers(min_value=1, max_value=3000).map(lambda depth: b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}"),
+    st.integers(min_value=300, max_value=5000).map(lambda digits: b'{"prompt": "x", "steps": ' + b"7" * digits + b"}"),
+    st.sampled_from([b"taskid=%00", b'{"taskid": "\\u0000"}', b"--xyz\r\n\r\n--xyz--", b"{'tasktoken': abc, }"]),
+)
+
+
+def test_raw_bodies(target: Target) -> None:
+    """Bodies outside any schema, signed, at every POST operation: refused or read, never a 5xx."""
+
+    def make_test(operation: Any) -> Any:
+        path_parameters = {"owner": "desertPixel", "project": "Flat-Pixel-Art-FLUX"} if "{owner}" in operation.path else {}
+
+        @given(raw=RAW_BODIES, content_type=RAW_CONTENT_TYPES)
+        def test(raw: bytes, content_type: str | None) -> None:
+            case = operation.Case(path_parameters=path_parameters or None)
+            headers = target.signed_headers()
+            if content_type:
+                headers["Content-Type"] = content_type
+            response = target.call(case, headers, data=raw)
+            target.ran["raw bodies"] += 1
+            check_answer(case, response)
+
+        return test
+
+    run_each_operation(target, "raw bodies", 30, make_test, methods={"POST"})
 
 
 AUTH_BREAKS = ["none", "key only", "unknown key", "bad signature", "reused nonce", "stale nonce",

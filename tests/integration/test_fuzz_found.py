@@ -104,6 +104,10 @@ def test_nul_characters_are_refused_by_field(api: Api, path: str, body: dict[str
     (b'{"prompt": "x", "steps": ' + b"9" * 5000 + b"}", "steps: must be an integer (got '9999999999"),
     (b'{"prompt": ' + b"[" * 5000, "body: is nested too deeply (at most 64 levels)"),
     (b"{prompt: " + b"[" * 500 + b"}", "body: is not valid JSON: nested more than 64 levels"),
+    # Valid JSON that json.loads reads, too deep for the NUL check's walk (found by the raw-body fuzz).
+    (b'{"prompt": ' + b"[" * 900 + b"]" * 900 + b"}", "body: is nested too deeply (at most 64 levels)"),
+    (b'{"prompt": ' + b"[" * 64 + b"]" * 64 + b"}", "body: is nested too deeply (at most 64 levels)"),
+    (b'{"prompt": ' + b"[" * 63 + b"]" * 63 + b"}", "prompt: must be a string"),
 ])
 def test_huge_and_deep_bodies_are_refused_by_name(api: Api, body: bytes, message: str) -> None:
     # Were 500s: float() of a 400-digit int, its range message, json's 4300-digit limit, recursion.
