@@ -155,12 +155,10 @@ def input_schema(spec: InputSpec) -> dict[str, Any]:
     described_as = {"title": spec.label, "description": spec.help}
     if spec.kind == "string":
         text: dict[str, Any] = {"type": "string"}
-        if spec.required:
-            text["pattern"] = r"\S"  # not blank
         if spec.max_length is not None:
             text["maxLength"] = spec.max_length
-        if spec.required:  # the seed's default of a required input is an example, not a default
-            return {**described_as, **text, **({"examples": [spec.default]} if spec.default else {})}
+        if spec.required:  # not blank; the seed's default of a required input is an example, not a default
+            return {**described_as, **text, "pattern": r"\S", **({"examples": [spec.default]} if spec.default else {})}
         return {**described_as, **text, "default": spec.default}
     if spec.kind == "choice":
         return {**described_as, "type": "string", "enum": [o.value for o in spec.options], "default": spec.default}
