@@ -21,6 +21,7 @@ from fluxrun import __version__
 from fluxrun.api.events_hub import EventHub
 from fluxrun.api.lifecycle import Lifecycle, Readiness
 from fluxrun.api.metrics import Metrics, RequestMetrics
+from fluxrun.api import openapi
 from fluxrun.api.ratelimit import RateLimiter, limit_rate
 from fluxrun.api.routes import files, health, playground, run, socket, task, tool
 from fluxrun.api.state import AppState
@@ -67,6 +68,7 @@ def create_app(
     app.state.fluxrun_metrics = metrics = Metrics(store)
     for module in (run, task, tool, files, socket, health, playground):
         app.include_router(module.router)
+    openapi.install(app)  # /openapi.json describes the real bodies, auth headers and answers
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(LogScope)  # outermost: the access line of a request is logged inside its scope
     app.add_exception_handler(FluxrunError, _fluxrun_error)

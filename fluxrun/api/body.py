@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
@@ -28,15 +30,50 @@ from fluxrun.errors import BodyTooLarge, ValidationError
 
 _NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
+# No request of this API nests more than a level or two; deeper is refused before Python's
+# recursion limit is (json.loads raises RecursionError, not ValueError, on deep nesting).
+MAX_DEPTH = 64
 
 
 async def read_body(request: Request, state: AppState = Depends(app_state)) -> dict[str, Any]:
-    """The request's fields as a dict, whatever form the body came in."""
+    """The request's fields as a dict, whatever form the body came in.
+
+    Text holding NUL (U+0000) is refused, naming the field: no input has a use for it, and
+    PostgreSQL cannot store or even compare text that holds it. So is nesting deeper than
+    MAX_DEPTH, however the body came.
+    """
     raw = await read_capped(request, state.settings.max_body_bytes)
+    fields = await _read_fields(request, raw)
+    for key, value in fields.items():
+        if "\x00" in key:
+            raise ValidationError("body", "field names must not contain the NUL character (U+0000)")
+        if _holds_nul(value, depth=2):
+            raise ValidationError(key, "must not contain the NUL character (U+0000)")
+    return fields
+
+
+def _holds_nul(value: Any, depth: int) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        raise ValidationError("body", f"is nested too deeply (at most {MAX_DEPTH} levels)")
+    if isinstance(value, dict):
+        return any(_holds_nul(key, depth) or _holds_nul(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item, depth + 1) for item in value)
+    return False
+
+
+async def _read_fields(request: Request, raw: bytes) -> dict[str, Any]:
+    """The fields of a body already read (``raw``, within the size cap)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
-        async with _replay(request, raw).form() as form:
-            return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
+        try:
+            async with _replay(request, raw).form() as form:
+                return {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
+        except (HTTPException, MultiPartException) as exc:  # Starlette's 400: a body error like any other
+            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+            raise ValidationError("body", f"is not valid multipart/form-data: {detail}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -91,6 +128,8 @@ def parse_lenient(text: str) -> Any:
     trailing commas)."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ValidationError("body", f"is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError:
         pass
     parser = _LenientParser(text)
@@ -105,6 +144,7 @@ class _LenientParser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0
 
     def fail(self, why: str) -> None:
         raise ValidationError("body", f"is not valid JSON: {why} at character {self.pos}")
@@ -119,10 +159,13 @@ class _LenientParser:
 
     def value(self, top: bool = False) -> Any:
         char = self.peek()
-        if char == "{":
-            return self.object()
-        if char == "[":
-            return self.array()
+        if char in "{[":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail(f"nested more than {MAX_DEPTH} levels")
+            found = self.object() if char == "{" else self.array()
+            self.depth -= 1
+            return found
         if char in "\"'":
             return self.string()
         if not char:
@@ -181,8 +224,8 @@ class _LenientParser:
                 body = "".join(chars)
                 if quote == "'":
                     body = body.replace("\\'", "'").replace('"', '\\"')
-                try:
-                    return json.loads(f'"{body}"')
+                try:  # not strict: a line break typed inside the quotes stays a line break
+                    return json.loads(f'"{body}"', strict=False)
                 except ValueError:
                     return body
             chars.append(char)
@@ -201,5 +244,8 @@ class _LenientParser:
         if word in _LITERALS:
             return _LITERALS[word]
         if _NUMBER.match(word):
-            return json.loads(word)
+            try:
+                return json.loads(word)
+            except ValueError:  # more digits than Python converts (4300): left as text, for the field's rule
+                return word
         return word

@@ -209,6 +209,8 @@ def _to_float(name: str, raw: Any) -> float:
         value = float(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
         raise ValidationError(name, f"must be a number (got {_show(raw)})") from None
+    except OverflowError:  # an integer beyond any float (a JSON number of hundreds of digits)
+        raise ValidationError(name, f"must be a finite number (got {_show(raw)})") from None
     if not math.isfinite(value):
         raise ValidationError(name, "must be a finite number")
     return value
@@ -217,7 +219,9 @@ def _to_float(name: str, raw: Any) -> float:
 def _num(value: float | None) -> str:
     if value is None:
         return "any"
-    return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int):  # shown as it is (shortened): float() of a huge one overflows
+        return _show(value)
+    return str(int(value)) if value.is_integer() else str(value)
 
 
 def _show(raw: Any) -> str:

@@ -17,7 +17,16 @@ router = APIRouter()
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-@router.get("/files/{key}/{name}")
+@router.get(
+    "/files/{key}/{name}",
+    summary="An output file, at the url its task gives; no headers needed",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "the image", "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                                                       for media in _MEDIA.values()}},
+        404: {"description": "No such file", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+    },
+)
 def output_file(key: str, name: str, state: AppState = Depends(app_state)) -> FileResponse:
     storage = state.storage
     path = storage.path(key, name) if isinstance(storage, LocalStorage) else None

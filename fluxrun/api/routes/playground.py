@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import Request
 
 from fluxrun.api.body import read_body
+from fluxrun.api.openapi import described
 from fluxrun.api.state import AppState, app_state
 from fluxrun.config import Settings
 from fluxrun.errors import AuthError, ValidationError
@@ -73,7 +74,18 @@ def asset(name: str, request: Request, state: AppState = Depends(app_state)) -> 
     return _file(name, request, state.settings)
 
 
-@router.post("/playground/login", include_in_schema=False)
+LOGIN_BODY = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "description": "the part of the login link after #login="}},
+    "required": ["code"],
+}
+
+
+@router.post(
+    "/playground/login",
+    **described("The playground's login link: trade its one-time code for the project's key and secret",
+                LOGIN_BODY, "LoginAnswer", (401,), signed=False),
+)
 def login(body: dict[str, Any] = Depends(read_body), state: AppState = Depends(app_state)) -> JSONResponse:
     code = str(body.get("code") or "").strip()
     if not code:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from fluxrun.api.body import read_body
+from fluxrun.api.openapi import described
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
 from fluxrun.api.task_limits import check_prompt, check_task
@@ -23,7 +24,18 @@ router = APIRouter()
 _LOOKS_LIKE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 
 
-@router.post("/v1/Run/{owner}/{project}")
+# The document also lists one Run path per tool, with that tool's inputs (fluxrun.api.openapi).
+RUN_BODY = {
+    "type": "object",
+    "additionalProperties": True,
+    "description": "the tool's inputs (Tool/Detail lists them) and an optional callbackUrl",
+}
+
+
+@router.post(
+    "/v1/Run/{owner}/{project}",
+    **described("Run a tool: validate its inputs and queue a task", RUN_BODY, "RunAnswer", (401, 429, 503)),
+)
 def run(
     owner: str,
     project: str,

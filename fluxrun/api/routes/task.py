@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
 from fluxrun.api.body import read_body
+from fluxrun.api.openapi import TASK_REFERENCE, described, whole
 from fluxrun.api.security import authenticate
 from fluxrun.api.state import AppState, app_state
 from fluxrun.api.waiting import add_waiting_lines
@@ -22,6 +24,22 @@ router = APIRouter()
 
 NO_TASK = "There is no task yet."
 MAX_PAGE = 100
+# A task id is a 32-bit integer column (PostgreSQL's INTEGER): a larger id names no task (and the
+# query would overflow). An offset may be up to a signed 64-bit value (SQLite's largest integer).
+MAX_TASK_ID = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+# ASCII digits: str.isdigit() also takes "²", which int() refuses.
+_WHOLE = re.compile(r"-?[0-9]+")
+LIST_BODY = {
+    "type": "object",
+    "properties": {
+        "start": {**whole(0), "default": 0},
+        "limit": {**whole(1, MAX_PAGE), "default": 20},
+        "sort": {"type": "string", "enum": ["id"], "default": "id"},
+        "order": {"type": "string", "enum": ["DESC", "ASC"], "default": "DESC", "description": "any case"},
+        "modelName": {"type": "string", "description": "only this tool's tasks (owner/project)"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -47,9 +65,10 @@ class TaskCall:
         store = self.state.store
         if task_id not in (None, ""):
             text = str(task_id).strip()
-            if not text.isdigit():
+            if not _WHOLE.fullmatch(text) or text.startswith("-"):
                 raise ValidationError("taskid", "must be a task id (digits)")
-            task = store.get_task(self.caller.id, task_id=int(text))
+            number = int(text)
+            task = store.get_task(self.caller.id, task_id=number) if number <= MAX_TASK_ID else None
         elif token not in (None, ""):
             task = store.get_task(self.caller.id, token=str(token).strip())
         else:
@@ -69,7 +88,7 @@ def task_call(
     return TaskCall(request, caller, body, state)
 
 
-@router.post("/v1/Task/Detail")
+@router.post("/v1/Task/Detail", **described("One task of the caller's project", TASK_REFERENCE, "TaskAnswer"))
 def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     answer = detail_wire(task, call.state.storage, call.state.base_url(call.request))
@@ -77,10 +96,10 @@ def detail(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return answer
 
 
-@router.post("/v1/Task/List")
+@router.post("/v1/Task/List", **described("The caller's tasks, newest first by default", LIST_BODY, "TaskAnswer"))
 def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     body = call.body
-    start = _int_field(body, "start", 0, low=0)
+    start = _int_field(body, "start", 0, low=0, high=MAX_OFFSET)
     limit = _int_field(body, "limit", 20, low=1, high=MAX_PAGE)
     order = str(body.get("order") or "DESC").upper()
     if order not in ("ASC", "DESC"):
@@ -94,7 +113,7 @@ def task_list(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return {"total": str(total), "errors": [], "tasklist": call.wire(tasks), "result": True}
 
 
-@router.post("/v1/Task/Cancel")
+@router.post("/v1/Task/Cancel", **described("Cancel a task still queued", TASK_REFERENCE, "TaskChangeAnswer"))
 def cancel(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     cancelled = call.state.store.cancel_queued(call.caller.id, task.id, time.time())
@@ -103,7 +122,7 @@ def cancel(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     return {"errors": [], "tasklist": call.wire([cancelled]), "result": True}
 
 
-@router.post("/v1/Task/Kill")
+@router.post("/v1/Task/Kill", **described("Stop a queued or running task", TASK_REFERENCE, "TaskChangeAnswer"))
 def kill(call: TaskCall = Depends(task_call)) -> dict[str, Any]:
     task = call.find()
     killed = call.state.store.kill(call.caller.id, task.id, time.time())
@@ -117,7 +136,7 @@ def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: in
     if raw in (None, ""):
         return default
     text = str(raw).strip()
-    if not text.lstrip("-").isdigit():
+    if not _WHOLE.fullmatch(text):
         raise ValidationError(name, "must be an integer")
     value = int(text)
     if value < low or (high is not None and value > high):

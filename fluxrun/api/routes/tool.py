@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from fluxrun.api.body import read_body
+from fluxrun.api.openapi import described, whole
 from fluxrun.api.security import authenticate
 from fluxrun.wire import tool_wire
 from fluxrun.errors import ValidationError
@@ -16,8 +17,25 @@ from fluxrun.tools.spec import ToolSpec
 
 router = APIRouter()
 
+LIST_BODY = {
+    "type": "object",
+    "properties": {
+        "start": {**whole(0), "default": 0},
+        "limit": {**whole(0), "default": 20, "description": "0: the default"},
+        "search": {"type": "string", "description": "words in the slug, title, description or tags"},
+        "categories": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+                       "description": "any of these categories (a list, or text separated by commas)"},
+    },
+}
+DETAIL_BODY = {
+    "type": "object",
+    "properties": {"slugowner": {"type": "string", "pattern": r"\S", "examples": [t.slugowner for t in TOOLS]},
+                   "slugproject": {"type": "string", "pattern": r"\S", "examples": [t.slugproject for t in TOOLS]}},
+    "required": ["slugowner", "slugproject"],
+}
 
-@router.post("/v1/Tool/List")
+
+@router.post("/v1/Tool/List", **described("The tools, as SPEC.md section 8 shows them", LIST_BODY, "ToolListAnswer"))
 def tool_list(caller: Project = Depends(authenticate), body: dict[str, Any] = Depends(read_body)) -> dict[str, Any]:
     search = str(body.get("search") or "").strip().lower()
     categories = _categories(body.get("categories"))
@@ -28,7 +46,7 @@ def tool_list(caller: Project = Depends(authenticate), body: dict[str, Any] = De
     return {"result": True, "errors": [], "total": str(len(matching)), "tool": [tool_wire(t) for t in page]}
 
 
-@router.post("/v1/Tool/Detail")
+@router.post("/v1/Tool/Detail", **described("One tool and its inputs", DETAIL_BODY, "ToolDetailAnswer"))
 def tool_detail(caller: Project = Depends(authenticate), body: dict[str, Any] = Depends(read_body)) -> dict[str, Any]:
     owner = str(body.get("slugowner") or "").strip()
     project = str(body.get("slugproject") or "").strip()
@@ -58,6 +76,6 @@ def _non_negative(body: dict[str, Any], name: str, default: int) -> int:
     if raw in (None, ""):
         return default
     text = str(raw).strip()
-    if not text.isdigit():
+    if not text.isascii() or not text.isdigit():  # isdigit() alone also takes "²", which int() refuses
         raise ValidationError(name, "must be a non-negative integer")
     return int(text)
