@@ -136,9 +136,9 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         postgres = PostgresSchema(base)
         postgres.create()
         database_url = postgres.url
-    # No concurrency or queue limit: the fuzzer's Runs (no worker takes them) must not turn every
-    # later Run into a 429 or a code 96; test_limits_are_refused_in_shape covers those answers.
-    # No queue, concurrency or rate limit: the cases should reach the routes, not the limits (tested apart).
+    # No concurrency, queue or rate limit: the fuzzer's Runs (no worker takes them) and its
+    # thousands of requests with one key must not turn every later answer into a 429 or a
+    # code 96; test_limits_are_refused_in_shape and tests/integration/test_limits*.py cover those.
     config = Settings(data_dir=data_dir, database_url=database_url, project_concurrency=0, queue_limit=0,
                       rate_limit_per_second=0)
     store = open_store(config.effective_database_url)
