@@ -24,9 +24,19 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from starlette.requests import Request
 
 from fluxrun.api.body import parse_lenient, read_body
+from fluxrun.config import Settings
 from fluxrun.errors import ValidationError
 
 SEEDS = Path(__file__).resolve().parents[1] / "seeds"
+
+
+class _Server:
+    """What read_body needs of the app's state: the settings (the default body cap)."""
+
+    settings = Settings()
+
+
+_SERVER: Any = _Server()
 # A generous bound per example: a parse that takes longer is a hang, not slowness.
 PROFILE = settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -124,7 +134,7 @@ def read(raw: bytes, content_type: str) -> dict[str, Any]:
         sent = True
         return {"type": "http.request", "body": raw, "more_body": False}
 
-    return asyncio.run(read_body(Request(scope, receive)))
+    return asyncio.run(read_body(Request(scope, receive), _SERVER))
 
 
 @PROFILE

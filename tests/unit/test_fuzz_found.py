@@ -16,10 +16,11 @@ PIXEL = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
 
 
 @pytest.mark.parametrize("nonce", ["²", "¹23", "٣٣٣٣٣٣٣٣٣٣"])
-def test_a_nonce_of_other_digits_is_a_plain_nonce_not_a_time(nonce: str) -> None:
+def test_a_nonce_of_other_digits_is_no_time_and_refused_by_its_rule(nonce: str) -> None:
     # "²".isdigit() is true and int("²") raises: a signed request with such a nonce was a 500.
+    # Now it is not read as a time, and refused as not printable ASCII (a 401 naming the rule).
     assert nonce_time(nonce) is None
-    assert nonce_problem(nonce, time.time()) is None
+    assert "printable ASCII" in (nonce_problem(nonce, time.time()) or "")
     assert verify("key", "secret", nonce, sign("key", "secret", nonce))
 
 
