@@ -22,6 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.engine import Row
 
@@ -119,16 +120,27 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         # Processes of a new release may start together, each migrating at start: the first
         # migrates, the others wait for its transaction to commit and find the schema current.
         # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_setup).
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, self._migrating(conn):
             conn.execution_options(fluxrun_write=True)
             with conn.begin():
                 self._lock_setup(conn)
                 config.attributes["connection"] = conn
+                before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(config, "head")
+                if MigrationContext.configure(conn).get_current_revision() != before:
+                    self._check_migrated(conn)  # only then: it reads every row
 
     def _lock_setup(self, conn: Connection) -> None:
         """Hold the database's set-up lock (migrations, the first project) until ``conn``'s
         transaction ends (SQLite's BEGIN IMMEDIATE already is one)."""
+
+    @contextmanager
+    def _migrating(self, conn: Connection) -> Iterator[None]:
+        """How ``conn`` is set up around the migration's transaction (SQLite: no foreign keys)."""
+        yield
+
+    def _check_migrated(self, conn: Connection) -> None:
+        """Refuse to commit a migration that left the data inconsistent (SQLite: dangling references)."""
 
     def ping(self) -> None:
         with self._read() as conn:

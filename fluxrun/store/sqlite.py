@@ -11,6 +11,8 @@ locked" under contention.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,26 @@ class SqliteTaskStore(SqlTaskStore):
         event.listen(engine, "connect", _configure_connection)
         event.listen(engine, "begin", _begin)
         super().__init__(engine, LocalEventBus(folder / "events"))
+
+    @contextmanager
+    def _migrating(self, conn: Connection) -> Iterator[None]:
+        # SQLite alters a table by rebuilding it (Alembic's batch mode: copy, DROP, rename). With
+        # foreign keys on, dropping a table that other rows refer to (projects, once a task
+        # exists) fails, deferred or not; SQLite's own advice is to turn them off around it, which
+        # only works outside a transaction: on the driver's connection, before BEGIN.
+        raw = conn.connection.driver_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
+
+    def _check_migrated(self, conn: Connection) -> None:
+        dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if dangling:
+            table, rowid, parent, _ = dangling[0]
+            raise RuntimeError(f"migration left {len(dangling)} rows referring to missing rows "
+                               f"(first: {table} row {rowid} -> {parent}); nothing was changed")
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
