@@ -94,6 +94,7 @@ def _assert_all_ended_on_their_first_attempt(server: Server, taskids: list[str])
         assert "lost worker" not in task["debugoutput"], task
 
 
+@pytest.mark.slow
 def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, schema: PostgresSchema) -> None:
     target = urlsplit(schema.base_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
@@ -134,6 +135,7 @@ def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, sch
     assert not [r for r in records if "exc_info" in r or "Traceback" in r["message"]]
 
 
+@pytest.mark.slow
 def test_a_sqlite_file_locked_beyond_the_busy_timeout_answers_503_and_loses_no_task(
     tmp_path: Path, backends: BackendCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
