@@ -13,7 +13,9 @@ messages while the task denoises, ``message`` = a small JPEG in base64 (at most 
 
 A token that names no task gets ``{"type": "task_info", "tasktoken": ..., "message": "...",
 "result": false}`` and the connection is closed (code 1008); so is a message that is not a
-JSON object. Messages of other types are ignored, as the hosted service does.
+JSON object. Messages of other types are ignored, as the hosted service does. While the
+database cannot be reached, a registration gets the same refusal with the database's message
+and the close code 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fluxrun.api.events_hub import Connection, EventHub, parse_request
 from fluxrun.api.state import AppState
+from fluxrun.errors import DatabaseUnavailable
 
 router = APIRouter()
 log = logging.getLogger("fluxrun.api")
@@ -37,6 +40,7 @@ REGISTER = "task_info"
 UNKNOWN_TOKEN = "There is no task with this tasktoken."
 NOT_JSON = 'Messages must be JSON objects, e.g. {"type":"task_info","tasktoken":"<socketaccesstoken>"}.'
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 
 
 @router.websocket("/v1")
@@ -57,7 +61,11 @@ async def task_socket(websocket: WebSocket) -> None:
                 _refuse(connection, None, NOT_JSON)
                 refused = True
             elif request.get("type") == REGISTER:
-                refused = not await _register(state, hub, connection, request)
+                try:
+                    refused = not await _register(state, hub, connection, request)
+                except DatabaseUnavailable as exc:
+                    _refuse(connection, request.get("tasktoken"), exc.message, TRY_AGAIN_LATER)
+                    refused = True
     except WebSocketDisconnect:
         pass
     finally:
@@ -85,10 +93,10 @@ async def _register(state: AppState, hub: EventHub, connection: Connection, requ
     return True
 
 
-def _refuse(connection: Connection, token: Any, reason: str) -> None:
+def _refuse(connection: Connection, token: Any, reason: str, code: int = POLICY_VIOLATION) -> None:
     connection.send({"type": REGISTER, "tasktoken": token if isinstance(token, str) else None,
                      "message": reason, "result": False})
-    connection.close(POLICY_VIOLATION, reason[:120])
+    connection.close(code, reason[:120])
 
 
 async def _send_all(websocket: WebSocket, connection: Connection) -> None:
