@@ -6,7 +6,8 @@ failed, for longer than a lease, while a task generates and others wait in the q
 restores. SQLite: another process holds the file's write lock beyond the busy timeout.
 What a user sees:
 - while it is away, every API call that needs the database answers HTTP 503 with a
-  Retry-After and SPEC.md section 7's error body saying so; /health still answers;
+  Retry-After and SPEC.md section 7's error body saying so (a WebSocket registration: the
+  refusal with that message, closed with 1013, try again later); /health still answers;
 - the running task goes on and ends; the queued ones run once it is back; no task is lost,
   and no attempt either: with FLUXRUN_MAX_ATTEMPTS=1 a lease taken over would have failed
   the task ("lost worker"), so every task ending well on its first attempt shows the
@@ -28,6 +29,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from fastapi.testclient import TestClient
 
@@ -104,6 +107,7 @@ def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, sch
     try:
         running = _run(server, LONG)
         queued = [_run(server, QUICK) for _ in range(3)]
+        token = server.detail(running)["socketaccesstoken"]
         _wait_until_generating(server, running)
 
         proxy.cut()
@@ -115,6 +119,13 @@ def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, sch
         ready = httpx.get(server.base_url + "/ready")
         assert ready.status_code == 503 and ready.json()["failed"] == ["database"]
         assert "Connection refused" in ready.json()["checks"]["database"]
+        with connect(server.base_url.replace("http", "ws", 1) + "/v1") as socket:
+            socket.send(json.dumps({"type": "task_info", "tasktoken": token}))
+            assert json.loads(socket.recv(timeout=10)) == {
+                "type": "task_info", "tasktoken": token, "message": UNAVAILABLE, "result": False}
+            with pytest.raises(ConnectionClosed) as closed:
+                socket.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013  # try again later
         time.sleep(max(0.0, cut_at + OUTAGE_SECONDS - time.monotonic()))
         proxy.restore()
 
