@@ -211,7 +211,16 @@ class Worker:
 
     def _hand_back(self, held: HeldTask, why: str) -> None:
         lease = held.lease
-        if self.store.hand_back(lease, time.time(), f"worker {self.worker_id} stopped at once ({why})"):
+        try:
+            handed_back = self.store.hand_back(lease, time.time(), f"worker {self.worker_id} stopped at once ({why})")
+        except DatabaseUnavailable:
+            # Stop anyway (no write waits for the database any more): as after a crash, the task
+            # goes back to the queue when its lease expires.
+            log.warning("task %s: could not hand it back to the queue (the database is away); it runs again "
+                        "once its lease expires", lease.task_id)
+            held.signals.killed.set()
+            return
+        if handed_back:
             log.warning("task %s: handed back to the queue (%s)", lease.task_id, why)
             held.signals.killed.set()  # generation stops at its next step, finishing before its next file
         else:

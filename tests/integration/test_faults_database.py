@@ -40,6 +40,7 @@ from fluxrun.config import Settings
 from fluxrun.errors import DatabaseUnavailable
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store.sqlite import SqliteTaskStore
+from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.loop import Worker
 from tests.conftest import PostgresSchema, postgres_url
 from tests.fakes.tcp_proxy import TcpProxy
@@ -313,3 +314,52 @@ def test_the_store_says_unavailable_and_the_reaper_waits_a_lease_once_it_is_back
     assert api.get_task(project.id, task_id=live.task_id).lease_owner == "w/live"
     api.close()
     worker.close()
+
+
+def test_a_worker_told_to_stop_now_while_the_database_is_away_stops_and_leaves_the_task_to_its_lease(
+    tmp_path: Path, backends: BackendCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second SIGTERM (or the grace running out) hands the task back to the queue; with the
+    # database away that write cannot be made, and the worker must not wait for it.
+    url = f"sqlite:///{tmp_path / 'fluxrun.db'}"
+    settings = Settings(data_dir=tmp_path, lease_seconds=LEASE_SECONDS, idle_poll_seconds=0.2)
+    store = SqliteTaskStore(url, busy_timeout_ms=300)
+    store.migrate()
+    project = store.create_project("p", "apikey")
+    generate = backends.get("flux1").generate
+
+    def endless(request: Any, job: Any) -> Any:
+        for step in range(1000):
+            time.sleep(0.05)
+            job.step(step + 1, 1000)
+        return generate(request, job)
+
+    monkeypatch.setattr(backends.get("flux1"), "generate", endless)
+    tool = find_tool("desertPixel", "Flat-Pixel-Art-FLUX")
+    params = tool.validate({"prompt": "p", "steps": 2, "width": 64, "height": 64})
+    task = store.create_task(project.id, tool.slug, params, tool.cps)
+    worker = Worker(settings, store, LocalStorage(settings.outputs_dir), backends, worker_id="test/stop-now")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,))
+    thread.start()
+    holder = sqlite3.connect(tmp_path / "fluxrun.db", isolation_level=None)
+    try:
+        deadline = time.monotonic() + 60
+        while store.get_task(project.id, task_id=task.id).status.value != "task_output":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        holder.execute("BEGIN EXCLUSIVE")
+        stop.set()
+        worker.stop_now("SIGTERM again")
+        thread.join(timeout=10)
+        assert not thread.is_alive()  # it did not wait for the database
+    finally:
+        holder.execute("ROLLBACK") if holder.in_transaction else None
+        holder.close()
+        stop.set()
+        thread.join(timeout=60)
+    left = store.get_task(project.id, task_id=task.id)
+    assert left.status.value == "task_output" and left.lease_owner == "test/stop-now"  # for its lease to expire
+    [requeued] = store.expire_leases(time.time() + LEASE_SECONDS + 1, max_attempts=3)
+    assert requeued.task_id == task.id and requeued.requeued
+    store.close()
