@@ -1,8 +1,10 @@
 """What one process has seen of its database: when it went away, when it came back.
 
-The store tells this class about every transaction: one that failed because the database
-could not be reached (or stayed locked), and one that got through, with how long it waited
-to begin (a SQLite writer queues on the lock for up to the busy timeout). From that it
+The store tells this class about every transaction that failed because the database could
+not be reached (or stayed locked), and about every write transaction that began, with how
+long it waited to begin (a SQLite writer queues on the lock for up to the busy timeout;
+reads do not count as the database being back, as SQLite serves them under another process's
+write lock). From that it
 - logs one line when the database goes away and one when it is back, however many threads
   and calls keep failing meanwhile;
 - says how long the database has been there without a break (``settled_for``), so that the
@@ -41,7 +43,7 @@ class Availability:
                   "for it", cause)
 
     def reached(self, waited: float) -> None:
-        """A transaction began, after ``waited`` seconds (connecting, queueing on a lock)."""
+        """A write transaction began, after ``waited`` seconds (connecting, queueing on a lock)."""
         if self._down_since is None and waited < LONG_WAIT_SECONDS:
             return  # the usual case: no lock taken
         now = time.monotonic()

@@ -1,7 +1,7 @@
 """The SQLite file under contention: 4 processes claim and finish 2,000 tasks at once.
 
-Each process (tests/integration/claimer.py) does what a worker does to the database for each
-task, about 10 write transactions: every task must be claimed exactly once (one attempt, one
+Each process (tests/integration/claimer.py) writes what a worker writes for each task (5 write
+transactions: expire, claim, progress, heartbeat, finish): every task must be claimed exactly once (one attempt, one
 end, its output recorded once) and no process may see an error, "database is locked" least
 of all (WAL + busy_timeout + BEGIN IMMEDIATE, fluxrun/store/sqlite.py).
 """
