@@ -112,7 +112,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             self.events.after_commit(pending)
 
     @contextmanager
-    def _reaching(self) -> Iterator[None]:
+    def _reaching(self, quiet: bool = False) -> Iterator[None]:
         """The driver's errors that mean "the database is not there for now" become
         DatabaseUnavailable (HTTP 503 in the API; workers wait and go on); others pass as they are."""
         try:
@@ -121,7 +121,8 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             unavailable = self._unavailable(exc)
             if unavailable is None:
                 raise
-            self.availability.failed(unavailable.cause)
+            if not quiet:
+                self.availability.failed(unavailable.cause)
             raise unavailable from exc
 
     def _unavailable(self, exc: DBAPIError) -> DatabaseUnavailable | None:
@@ -145,7 +146,8 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         # Processes of a new release may start together, each migrating at start: the first
         # migrates, the others wait for its transaction to commit and find the schema current.
         # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_setup).
-        with self.engine.connect() as conn, self._migrating(conn):
+        # At start, a database that cannot be reached is the caller's to say (one line, not a log).
+        with self._reaching(quiet=True), self.engine.connect() as conn, self._migrating(conn):
             conn.execution_options(fluxrun_write=True)
             with conn.begin():
                 self._lock_setup(conn)

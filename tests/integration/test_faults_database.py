@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +31,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-
-from fastapi.testclient import TestClient
 
 from fluxrun.api.app import create_app
 from fluxrun.backends.registry import BackendCache
@@ -44,7 +45,8 @@ from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.loop import Worker
 from tests.conftest import PostgresSchema, postgres_url
 from tests.fakes.tcp_proxy import TcpProxy
-from tests.integration.server import TERMINAL, Server
+from tests.integration.cluster import fluxrun_env
+from tests.integration.server import TERMINAL, Server, free_port
 
 PIXEL_RUN = "/v1/Run/desertPixel/Flat-Pixel-Art-FLUX"
 LONG = {"prompt": "runs through the outage", "steps": 24, "width": 512, "height": 512}
@@ -370,3 +372,16 @@ def test_a_worker_told_to_stop_now_while_the_database_is_away_stops_and_leaves_t
     [requeued] = store.expire_leases(time.time() + LEASE_SECONDS + 1, max_attempts=3)
     assert requeued.task_id == task.id and requeued.requeued
     store.close()
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_a_server_started_without_its_database_says_so_in_one_line_and_exits(command: str, tmp_path: Path) -> None:
+    nothing_there = free_port()  # nothing listens on it: connection refused
+    env = fluxrun_env(FLUXRUN_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{nothing_there}/fluxrun")
+    args = ["--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run([sys.executable, "-m", "fluxrun", command, *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1  # not EXIT_CONFIG: a supervisor starts it again, the database may be back
+    output = (done.stdout + done.stderr).strip()
+    assert output.startswith("FLUXRUN_DATABASE_URL: cannot reach the database (OperationalError: ")
+    assert "Connection refused" in output and "Traceback" not in output and len(output.splitlines()) <= 2
