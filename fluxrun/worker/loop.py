@@ -20,6 +20,10 @@ GPU (one thread driving the GPU keeps its memory and its timing predictable) and
 the images as they will be stored, so the pass that redraws them comes before it; both write
 their lines to debugoutput with ``task_end``. ``run_once`` (and the setting off) runs one task
 start to end.
+
+A database that goes away (the store raises DatabaseUnavailable) ends no task: generation goes
+on without recording progress, the status writes and the task's end wait for it
+(worker/patience.py), the heartbeat retries every second, and the claim loop backs off.
 """
 
 from __future__ import annotations
