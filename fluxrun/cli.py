@@ -59,12 +59,19 @@ def _logging(settings: Any) -> None:
 
 
 def _open_store(settings: Any, migrate: bool = False) -> Any:
+    from fluxrun.errors import DatabaseUnavailable
     from fluxrun.store import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.effective_database_url)
     if migrate:
-        store.migrate()
+        try:
+            store.migrate()
+        except DatabaseUnavailable as exc:  # one line, and an exit a supervisor retries (not EXIT_CONFIG)
+            from rich.markup import escape
+
+            _say(f"[red]FLUXRUN_DATABASE_URL: cannot reach the database ({escape(exc.cause)})[/red]", logging.ERROR)
+            raise typer.Exit(1) from None
     return store
 
 

@@ -13,8 +13,11 @@ status and its message, so routes never format errors by hand:
     ├── RateLimitError                code 0, HTTP 429, with a Retry-After header when it
     │                                 knows when to come back (the queue is full, too many
     │                                 requests from one API key)
-    └── ShuttingDown                  code 0, HTTP 503 + Retry-After: this API process is
-                                      draining (SIGTERM); a load balancer retries elsewhere
+    ├── ShuttingDown                  code 0, HTTP 503 + Retry-After: this API process is
+    │                                 draining (SIGTERM); a load balancer retries elsewhere
+    └── DatabaseUnavailable           code 0, HTTP 503 + Retry-After: the database cannot be
+                                      reached (or stays locked) for now; the store raises it,
+                                      workers wait for the database and go on
 
 An error may carry HTTP headers (``headers``); the API's error handler sends them with the
 error's body, so no route sets a header by hand.
@@ -148,6 +151,33 @@ class ShuttingDown(FluxrunError):
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
         self.headers["Retry-After"] = str(retry_after_seconds)
+
+
+class DatabaseUnavailable(FluxrunError):
+    """The store could not reach its database: down, cut off, or locked beyond the busy timeout.
+
+    Raised by the store in place of the driver's error, so that every caller can tell "try
+    again later" from a bug. The message is for clients (no host names, no driver text);
+    ``cause`` is the driver's own line, for the server's log.
+    """
+
+    http_status = 503
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+
+    @classmethod
+    def unreachable(cls, cause: str) -> DatabaseUnavailable:
+        return cls(f"The server cannot reach its database right now; try again in {cls.RETRY_AFTER_SECONDS} "
+                   "seconds.", cause)
+
+    @classmethod
+    def locked(cls, cause: str) -> DatabaseUnavailable:
+        return cls(f"The server's database is locked by another process right now; try again in "
+                   f"{cls.RETRY_AFTER_SECONDS} seconds.", cause)
 
 
 class TaskStopped(Exception):

@@ -26,7 +26,7 @@ from fluxrun.api.ratelimit import RateLimiter, limit_rate
 from fluxrun.api.routes import files, health, playground, run, socket, task, tool
 from fluxrun.api.state import AppState
 from fluxrun.config import Settings
-from fluxrun.errors import FluxrunError
+from fluxrun.errors import DatabaseUnavailable, FluxrunError
 from fluxrun.logs import request_scope
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import TaskStore
@@ -83,14 +83,18 @@ async def _reap_forever(state: AppState) -> None:
     while True:
         try:
             now = time.time()
-            expired = await run_in_threadpool(state.store.expire_leases, now, state.settings.max_attempts)
+            # After an outage, the workers get a lease's length to renew their leases first.
+            expired = await run_in_threadpool(state.store.expire_leases, now, state.settings.max_attempts,
+                                              state.settings.lease_seconds)
             for item in expired:
                 log.warning("task %s: attempt %s lost its worker; %s", item.task_id, item.attempt,
                             "queued again" if item.requeued else "attempt limit reached, failed",
                             extra={"task_id": item.task_id})
             await run_in_threadpool(state.store.forget_old_nonces, now)
             await run_in_threadpool(state.store.forget_workers, now - FORGET_WORKERS_AFTER_SECONDS)
-        except Exception:  # the database may be down for a while; keep trying
+        except DatabaseUnavailable:  # the store logged it; keep trying
+            pass
+        except Exception:
             log.exception("lease reaper")
         await asyncio.sleep(state.settings.reaper_seconds)
 

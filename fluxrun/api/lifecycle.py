@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from fluxrun.errors import ShuttingDown, StorageUnavailable
+from fluxrun.errors import DatabaseUnavailable, ShuttingDown, StorageUnavailable
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import TaskStore
 
@@ -100,6 +100,8 @@ async def _run_check(check: Any, what: str) -> str:
 def _one_line(exc: Exception, what: str) -> str:
     if isinstance(exc, StorageUnavailable):  # already one line naming the setting and the cause
         return str(exc)
+    if isinstance(exc, DatabaseUnavailable):  # its message is the clients'; the operator wants the cause
+        return f"{what} cannot be reached ({exc.cause[:300]})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return f"{what} cannot be reached ({detail[:300]})"

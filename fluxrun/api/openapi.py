@@ -57,7 +57,8 @@ _ERROR_STATUSES = {
     413: "The body is larger than the server takes (FLUXRUN_MAX_BODY_BYTES): code 0 naming `body`.",
     429: "Too many requests from this API key (or address), or the server's queue is full; Retry-After says "
          "when to come back.",
-    503: "This server is shutting down and takes no new tasks; Retry-After says when to retry (elsewhere).",
+    503: "This server is shutting down and takes no new tasks, or cannot reach its database for now; "
+         "Retry-After says when to retry (elsewhere).",
 }
 _STRING = {"type": "string"}
 _DIGITS = {"type": "string", "pattern": r"^[0-9]+$"}
@@ -90,8 +91,9 @@ def described(
             "content": {"application/json": {"schema": {"oneOf": [_ref(answer), _ref("Error")]}}},
         }
     }
-    # Every POST is rate limited and its body size-capped (fluxrun.api.ratelimit, body.py).
-    for status in sorted({*errors, 413, 429}):
+    # Every POST is rate limited and its body size-capped (fluxrun.api.ratelimit, body.py), and
+    # answers 503 while the database cannot be reached (errors.DatabaseUnavailable).
+    for status in sorted({*errors, 413, 429, 503}):
         responses[status] = _error_response(status)
     extra: dict[str, Any] = {"security": SIGNED if signed else []}
     if body is not None:

@@ -18,16 +18,22 @@ class LocalStorage(OutputStorage):
         if not is_valid_address(key, name):
             raise ValueError(f"invalid output address {key!r}/{name!r}")
         folder = self.root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader never sees half a file and a crash leaves none.
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(temp, folder / name)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+            folder.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a reader never sees half a file and a crash leaves none.
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(temp, folder / name)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)  # a full disk keeps no half-written file
+                raise
+        except OSError as exc:  # a full disk, a read-only or vanished folder: the task fails saying so
+            reason = exc.strerror or str(exc)
+            raise StorageUnavailable(
+                f"FLUXRUN_DATA_DIR: cannot write output file {name} under {self.root} ({reason})"
+            ) from exc
         return len(data)
 
     def path(self, key: str, name: str) -> Path | None:

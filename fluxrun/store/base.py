@@ -322,8 +322,12 @@ class TaskStore(ABC):
         step check and can no longer write. None when the task already ended."""
 
     @abstractmethod
-    def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
-        """Re-queue tasks whose lease expired, or fail them after ``max_attempts``."""
+    def expire_leases(self, now: float, max_attempts: int, settle_seconds: float = 0.0) -> list[ExpiredLease]:
+        """Re-queue tasks whose lease expired, or fail them after ``max_attempts``.
+
+        Nothing expires until this process has had the database for ``settle_seconds`` without
+        a break (give it the lease length): after an outage or a long wait on a lock, leases
+        ran out because nobody could renew them, not because their workers died."""
 
     @abstractmethod
     def forget_old_nonces(self, now: float) -> int: ...

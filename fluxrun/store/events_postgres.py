@@ -66,6 +66,7 @@ class PostgresSubscription(Subscription):
         self._lock = threading.Lock()
         # Connect here, so that events published once subscribe() returned are heard.
         self._conn: psycopg.Connection[Any] | None = self._listen()
+        self._away = False  # a reconnection failed since the connection was lost
         self._thread = reader_thread(self._read, "events-listen")
 
     def _listen(self) -> psycopg.Connection[Any]:
@@ -97,7 +98,7 @@ class PostgresSubscription(Subscription):
             except psycopg.Error as exc:
                 if self.closed:
                     break
-                log.warning("event listener lost its database connection (%s); reconnecting", exc)
+                log.warning("event listener lost its database connection (%s); reconnecting", " ".join(str(exc).split()))
                 with self._lock:
                     self._conn = None
                 try:
@@ -113,9 +114,16 @@ class PostgresSubscription(Subscription):
         try:
             conn = self._listen()
         except psycopg.Error as exc:
-            log.warning("event listener cannot reach the database (%s); retrying in %.1f s", exc, backoff)
+            # One line per outage (the store says it too); the retries that follow say nothing.
+            level = logging.DEBUG if self._away else logging.WARNING
+            self._away = True
+            log.log(level, "event listener cannot reach the database (%s); retrying with back-off",
+                    " ".join(str(exc).split()))
             self._closed.wait(backoff)
             return None
+        if self._away:
+            self._away = False
+            log.info("event listener is listening again")
         with self._lock:
             self._conn = conn
         # Whatever happened while away was not heard: tell the consumer to look again.

@@ -22,12 +22,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from fluxrun.errors import IllegalTransition, LeaseLost
+from fluxrun.errors import DatabaseUnavailable, IllegalTransition, LeaseLost
 from fluxrun.status import RUNNING, TERMINAL, Status, is_legal
+from fluxrun.store.availability import Availability
 from fluxrun.store.base import (
     AuthMode,
     ExpiredLease,
@@ -80,22 +82,27 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
     def __init__(self, engine: Engine, events: EventBus) -> None:
         self.engine = engine
         self.events = events
+        self.availability = Availability()
 
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        # A read that gets through says little: SQLite serves reads while another process holds
+        # the write lock. Only a write that began tells the availability the database is back.
+        with self._reaching(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         pending: list[TaskEvent] = []
+        asked = time.monotonic()
         # Dialects see this option when the transaction begins (SQLite: BEGIN IMMEDIATE).
-        with self.engine.connect() as conn:
+        with self._reaching(), self.engine.connect() as conn:
             conn.execution_options(fluxrun_write=True)
             conn.info[_PENDING_EVENTS] = pending
             try:
                 with conn.begin():
+                    self.availability.reached(time.monotonic() - asked)
                     yield conn
                     if pending:
                         self.events.before_commit(conn, pending)
@@ -103,6 +110,25 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                 del conn.info[_PENDING_EVENTS]
         if pending:
             self.events.after_commit(pending)
+
+    @contextmanager
+    def _reaching(self, quiet: bool = False) -> Iterator[None]:
+        """The driver's errors that mean "the database is not there for now" become
+        DatabaseUnavailable (HTTP 503 in the API; workers wait and go on); others pass as they are."""
+        try:
+            yield
+        except DBAPIError as exc:
+            unavailable = self._unavailable(exc)
+            if unavailable is None:
+                raise
+            if not quiet:
+                self.availability.failed(unavailable.cause)
+            raise unavailable from exc
+
+    def _unavailable(self, exc: DBAPIError) -> DatabaseUnavailable | None:
+        """DatabaseUnavailable when ``exc`` says the database cannot be reached or used for now
+        (each dialect knows its driver's errors), else None."""
+        return DatabaseUnavailable.unreachable(driver_error(exc)) if exc.connection_invalidated else None
 
     @staticmethod
     def _emit(conn: Connection, task_id: int, type_: str, attempt: int, message: Any = None) -> None:
@@ -120,16 +146,28 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         # Processes of a new release may start together, each migrating at start: the first
         # migrates, the others wait for its transaction to commit and find the schema current.
         # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_setup).
-        with self.engine.connect() as conn:
+        # At start, a database that cannot be reached is the caller's to say (one line, not a log).
+        with self._reaching(quiet=True), self.engine.connect() as conn, self._migrating(conn):
             conn.execution_options(fluxrun_write=True)
             with conn.begin():
                 self._lock_setup(conn)
                 config.attributes["connection"] = conn
+                before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(config, "head")
+                if MigrationContext.configure(conn).get_current_revision() != before:
+                    self._check_migrated(conn)  # only then: it reads every row
 
     def _lock_setup(self, conn: Connection) -> None:
         """Hold the database's set-up lock (migrations, the first project) until ``conn``'s
         transaction ends (SQLite's BEGIN IMMEDIATE already is one)."""
+
+    @contextmanager
+    def _migrating(self, conn: Connection) -> Iterator[None]:
+        """How ``conn`` is set up around the migration's transaction (SQLite: no foreign keys)."""
+        yield
+
+    def _check_migrated(self, conn: Connection) -> None:
+        """Refuse to commit a migration that left the data inconsistent (SQLite: dangling references)."""
 
     def ping(self) -> None:
         with self._read() as conn:
@@ -313,9 +351,11 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         self._emit(conn, task_id, Status.CANCEL.value, task.attempt)
         return task
 
-    def expire_leases(self, now: float, max_attempts: int) -> list[ExpiredLease]:
+    def expire_leases(self, now: float, max_attempts: int, settle_seconds: float = 0.0) -> list[ExpiredLease]:
         expired: list[ExpiredLease] = []
         with self._write() as conn:
+            if self.availability.settled_for() < settle_seconds:  # checked once the lock is ours
+                return expired
             rows = conn.execute(
                 select(tasks.c.id, tasks.c.attempt, tasks.c.lease_owner, tasks.c.handed_back)
                 .where(tasks.c.status.in_(_RUNNING_VALUES), tasks.c.lease_expires_at < now)
@@ -558,3 +598,10 @@ def _task_record(row: Row[Any], outputs_: list[OutputRecord]) -> TaskRecord:
 
 def _now() -> float:
     return time.time()
+
+
+def driver_error(exc: DBAPIError) -> str:
+    """The driver's error as one line, for the log."""
+    original = exc.orig if exc.orig is not None else exc
+    text_ = " ".join(str(original).split())
+    return f"{type(original).__name__}: {text_}" if text_ else type(original).__name__

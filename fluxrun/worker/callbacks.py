@@ -23,7 +23,7 @@ import time
 import httpx
 
 from fluxrun.config import Settings
-from fluxrun.errors import CallbackRefused
+from fluxrun.errors import CallbackRefused, DatabaseUnavailable
 from fluxrun.logs import task_scope
 from fluxrun.storage.base import OutputStorage
 from fluxrun.store.base import Delivery, DeliveryState, TaskStore
@@ -83,7 +83,9 @@ class Deliverer:
             self._wake.clear()
             try:
                 self.run_once()
-            except Exception:  # the database may be away for a while: wait, then go on
+            except DatabaseUnavailable:  # the store logged it: wait, then go on
+                pass
+            except Exception:
                 log.exception("callback deliverer")
             self._wake.wait(self.settings.callback_poll_seconds)
 

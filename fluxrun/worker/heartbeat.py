@@ -6,11 +6,13 @@ import logging
 import threading
 import time
 
-from fluxrun.errors import LeaseLost
+from fluxrun.errors import DatabaseUnavailable, LeaseLost
 from fluxrun.logs import task_scope
 from fluxrun.store.base import Lease, TaskStore
 
 log = logging.getLogger("fluxrun.worker")
+
+RETRY_SECONDS = 1.0  # between two tries while the database is away
 
 
 class Heartbeat:
@@ -36,11 +38,17 @@ class Heartbeat:
             self._beat()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._every):
+        wait = self._every
+        while not self._stop.wait(wait):
+            wait = self._every
             try:
                 self._lease = self._store.heartbeat(self._lease, self._lease_seconds, time.time())
             except LeaseLost:
                 self.lost.set()
                 return
+            except DatabaseUnavailable:
+                # The store logged the outage. Beat again soon: once the database is back, the
+                # lease must be renewed before a reaper's grace (a lease's length) runs out.
+                wait = min(self._every, RETRY_SECONDS)
             except Exception:  # a database blip: the lease has slack, try again next beat
                 log.exception("task %s: heartbeat failed", self._lease.task_id)

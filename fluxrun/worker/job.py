@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from fluxrun.errors import LeaseLost, TaskStopped
+from fluxrun.errors import DatabaseUnavailable, LeaseLost, TaskStopped
 from fluxrun.imaging.preview import encode_preview
 from fluxrun.store.base import Lease, TaskStore
 from fluxrun.store.events import MAX_EVENT_BYTES, TASK_PREVIEW, TaskEvent
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxrun.worker")
 
 CHECK_EVERY = 0.5  # seconds between two store reads of check()
+# After a progress write found the database away, the next steps skip theirs for this long
+# (a SQLite file locked by another process makes each try wait for the busy timeout).
+PROGRESS_PAUSE_SECONDS = 5.0
 PREVIEW_INTERVAL = 0.5  # seconds: at most two previews a second per task
 # Room in one event for the base64 JPEG (the rest is the event's own JSON).
 _PREVIEW_CHARS = MAX_EVENT_BYTES - 200
@@ -44,14 +47,19 @@ class TaskJob:
         self._meter = ProgressMeter()
         self._next_preview = 0.0
         self._checked_at = time.monotonic()
+        self._progress_paused_until = 0.0
         self.notes: list[str] = []
 
     def step(self, done: int, total: int) -> None:
         self._stop_if_told()
+        if time.monotonic() < self._progress_paused_until:
+            return
         try:  # the write is fenced: it fails at once if the task was killed
             self._store.record_progress(self._lease, self._meter.message(done, total), time.time())
         except LeaseLost:
             raise TaskStopped() from None
+        except DatabaseUnavailable:  # progress is news, not state: generation goes on, a later step writes
+            self._progress_paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS
 
     def check(self) -> None:
         self._stop_if_told()
@@ -60,6 +68,8 @@ class TaskJob:
         self._checked_at = time.monotonic()
         try:
             current = self._store.is_current(self._lease)
+        except DatabaseUnavailable:  # the store logged it; the heartbeat has the last word, go on
+            return
         except Exception:  # a database blip: the heartbeat has the last word, go on
             log.warning("task %s: could not check whether it was killed", self._lease.task_id, exc_info=True)
             return

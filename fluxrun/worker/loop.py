@@ -20,6 +20,10 @@ GPU (one thread driving the GPU keeps its memory and its timing predictable) and
 the images as they will be stored, so the pass that redraws them comes before it; both write
 their lines to debugoutput with ``task_end``. ``run_once`` (and the setting off) runs one task
 start to end.
+
+A database that goes away (the store raises DatabaseUnavailable) ends no task: generation goes
+on without recording progress, the status writes and the task's end wait for it
+(worker/patience.py), the heartbeat retries every second, and the claim loop backs off.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING, TypeVar
 from fluxrun.backends import memory
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
-from fluxrun.errors import LeaseLost, TaskFailed, TaskStopped
+from fluxrun.errors import DatabaseUnavailable, LeaseLost, TaskFailed, TaskStopped
 from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.imaging.pixelart import pixelate
 from fluxrun.logs import task_scope
@@ -51,6 +55,7 @@ from fluxrun.worker.finisher import Finisher
 from fluxrun.worker.heartbeat import Heartbeat
 from fluxrun.worker.job import TaskJob
 from fluxrun.worker.moderation import Moderation
+from fluxrun.worker.patience import backoff, until_written
 from fluxrun.worker.presence import Presence
 from fluxrun.worker.signals import BusWatcher, TaskSignals
 
@@ -130,11 +135,16 @@ class Worker:
             try:
                 # Leaving the finisher finishes what it was handed, with the bus still heard.
                 with Finisher() if self.settings.overlap_postprocess else nullcontext(None) as finisher:
+                    away: float | None = None  # the wait before the next claim while the database is away
                     while not stop.is_set():
                         try:
                             if not self._run_next(finisher):
                                 watcher.wait_for_work(self.settings.idle_poll_seconds)
-                        except Exception:  # the database may be away for a while: wait, then go on
+                            away = None
+                        except DatabaseUnavailable:  # the store said so, once: wait for it, then go on
+                            away = backoff(away)
+                            stop.wait(away)
+                        except Exception:
                             log.exception("worker loop")
                             stop.wait(max(1.0, min(5.0, self.settings.idle_poll_seconds)))
             finally:
@@ -146,7 +156,8 @@ class Worker:
 
     def _run_next(self, finisher: Finisher | None) -> bool:
         now = time.time()
-        self.store.expire_leases(now, self.settings.max_attempts)
+        # After an outage, a lease's length for the workers to renew theirs before any is taken.
+        self.store.expire_leases(now, self.settings.max_attempts, settle_seconds=self.settings.lease_seconds)
         lease = self.store.claim(self.worker_id, self.settings.lease_seconds, now, tools=self._tool_slugs)
         if lease is None:
             return False
@@ -204,7 +215,16 @@ class Worker:
 
     def _hand_back(self, held: HeldTask, why: str) -> None:
         lease = held.lease
-        if self.store.hand_back(lease, time.time(), f"worker {self.worker_id} stopped at once ({why})"):
+        try:
+            handed_back = self.store.hand_back(lease, time.time(), f"worker {self.worker_id} stopped at once ({why})")
+        except DatabaseUnavailable:
+            # Stop anyway (no write waits for the database any more): as after a crash, the task
+            # goes back to the queue when its lease expires.
+            log.warning("task %s: could not hand it back to the queue (the database is away); it runs again "
+                        "once its lease expires", lease.task_id)
+            held.signals.killed.set()
+            return
+        if handed_back:
             log.warning("task %s: handed back to the queue (%s)", lease.task_id, why)
             held.signals.killed.set()  # generation stops at its next step, finishing before its next file
         else:
@@ -246,28 +266,31 @@ class Worker:
                 log.info("task %s: stopped (killed, or taken over by another attempt)", task_id)
             else:
                 log.warning("task %s: lease lost; another attempt owns the task now", task_id)
+        except DatabaseUnavailable:  # a write that could not wait: the lease runs out, the task runs again
+            log.warning("task %s: the database went away during a write; the task goes back to the queue when "
+                        "its lease expires", task_id)
         except TaskFailed as exc:  # an expected end (no credits, moderated, storage down...): no traceback
             log.warning("task %s failed: %s", task_id, exc)
-            self._fail(held.lease, _describe(exc))
+            self._fail(held, _describe(exc))
         except Exception as exc:  # every failure ends the task, never the worker
             log.exception("task %s failed", task_id)
-            self._fail(held.lease, _describe(exc))
+            self._fail(held, _describe(exc))
         return None
 
     def _generate(self, held: HeldTask) -> Generated:
         """Every status up to task_end: the GPU's part of the task, and the screening of its images."""
-        store, now, lease = self.store, time.time, held.lease
+        lease, advance = held.lease, self._advance
         tool = tool_by_slug(lease.task.tool)
-        store.advance(lease, Status.ASSIGN, now(), note=f"attempt {lease.attempt}: worker {self.worker_id}")
-        store.advance(lease, Status.PREPROCESS_START, now())
+        advance(held, Status.ASSIGN, note=f"attempt {lease.attempt}: worker {self.worker_id}")
+        advance(held, Status.PREPROCESS_START)
         request = tool.to_request(lease.task.parameters)
         backend = self.backends.get(request.backend)
         self.moderation.ready(backend)
-        store.advance(lease, Status.PREPROCESS_END, now(), note=backend.description)
-        store.advance(lease, Status.START, now())
+        advance(held, Status.PREPROCESS_END, note=backend.description)
+        advance(held, Status.START)
 
         assert held.beat is not None
-        job = TaskJob(store, lease, held.beat, held.signals)
+        job = TaskJob(self.store, lease, held.beat, held.signals)
         started = time.monotonic()
         images = memory.generate(backend, request, job)
         elapsed = time.monotonic() - started  # what is billed: the model's time, not ours below
@@ -276,7 +299,7 @@ class Worker:
         review = self.moderation.review(backend, request, images)
         if review.note:
             job.note(review.note)
-        store.advance(lease, Status.END, now(), note=job.notes_text())
+        advance(held, Status.END, note=job.notes_text())
         if review.withheld is not None:
             raise review.withheld  # the task fails with the moderation message; none of its images is stored
         return Generated(images, request.output_format, elapsed)
@@ -292,7 +315,8 @@ class Worker:
             self._still_ours(held)  # an attempt that lost the task writes none of its files
             size = self.storage.put(lease.task.output_key, name, encoded.data, encoded.content_type)
             outputs.append(NewOutput(name=name, content_type=encoded.content_type, size=size))
-        self.store.finish_success(lease, outputs, generated.elapsed, time.time())
+        ended = time.time()
+        until_written(lambda: self.store.finish_success(lease, outputs, generated.elapsed, ended), held.signals.killed)
         log.info("task %s: %d image(s) in %.2f s", lease.task_id, len(outputs), generated.elapsed)
 
     def _still_ours(self, held: HeldTask) -> None:
@@ -301,17 +325,27 @@ class Worker:
             raise TaskStopped()
         try:  # the bus may have missed a kill, and a heartbeat is seconds apart: ask the store
             current = self.store.is_current(held.lease)
-        except Exception:  # a database blip: the final write is fenced anyway, go on
+        except DatabaseUnavailable:  # the final write is fenced anyway, and waits for the database
+            return
+        except Exception:  # the final write is fenced anyway, go on
             log.warning("task %s: could not check whether it is still ours", held.lease.task_id, exc_info=True)
             return
         if not current:
             raise TaskStopped()
 
-    def _fail(self, lease: Lease, message: str) -> None:
+    def _advance(self, held: HeldTask, status: Status, note: str | None = None) -> None:
+        """The task reached ``status`` (now): written, however long the database takes to answer."""
+        reached = time.time()
+        until_written(lambda: self.store.advance(held.lease, status, reached, note=note), held.signals.killed)
+
+    def _fail(self, held: HeldTask, message: str) -> None:
+        lease, failed_at = held.lease, time.time()
         try:
-            self.store.finish_failure(lease, message, time.time(), pexit=1)
+            until_written(lambda: self.store.finish_failure(lease, message, failed_at, pexit=1), held.signals.killed)
         except LeaseLost:
             log.warning("task %s: could not record the failure, the lease is gone", lease.task_id)
+        except TaskStopped:
+            log.info("task %s: stopped before its failure could be recorded", lease.task_id)
 
 
 def pixel_perfect(images: list[Image | EncodedImage], asked: PixelArtPass, job: Job) -> list[Image | EncodedImage]:

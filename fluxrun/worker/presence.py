@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from fluxrun.errors import DatabaseUnavailable
 from fluxrun.store.base import GpuMemory, TaskStore, WorkerRecord, WorkerState
 
 log = logging.getLogger("fluxrun.worker")
@@ -144,6 +145,8 @@ class Presence:
                 return
             try:
                 self._write()
+            except DatabaseUnavailable:  # the store logged it; the row is written again next beat
+                pass
             except Exception:  # a database blip: the row has slack for a couple of beats
                 log.warning("worker registry heartbeat failed", exc_info=True)
 

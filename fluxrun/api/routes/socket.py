@@ -18,7 +18,9 @@ JSON object. Messages of other types are ignored, as the hosted service does.
 Limits: a message over FLUXRUN_WS_MAX_MESSAGE_BYTES gets such an answer and the close code
 1009 (message too big); a registration beyond FLUXRUN_WS_MAX_TASKS tasks watched at once
 (ended tasks do not count) gets a ``result: false`` answer naming the limit, and the
-connection stays open, still watching its tasks.
+connection stays open, still watching its tasks. While the database cannot be reached, a
+registration gets a refusal like an unknown token's, with the database's message and the close code 1013 (try
+again later).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fluxrun.api.events_hub import Connection, EventHub, parse_request
 from fluxrun.api.state import AppState
+from fluxrun.errors import DatabaseUnavailable
 
 router = APIRouter()
 log = logging.getLogger("fluxrun.api")
@@ -43,6 +46,7 @@ UNKNOWN_TOKEN = "There is no task with this tasktoken."
 NOT_JSON = 'Messages must be JSON objects, e.g. {"type":"task_info","tasktoken":"<socketaccesstoken>"}.'
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
 
 
 @router.websocket("/v1")
@@ -69,7 +73,11 @@ async def task_socket(websocket: WebSocket) -> None:
                 _refuse(connection, None, NOT_JSON)
                 refused = True
             elif request.get("type") == REGISTER:
-                refused = not await _register(state, hub, connection, request)
+                try:
+                    refused = not await _register(state, hub, connection, request)
+                except DatabaseUnavailable as exc:
+                    _refuse(connection, request.get("tasktoken"), exc.message, TRY_AGAIN_LATER)
+                    refused = True
     except WebSocketDisconnect:
         pass
     finally:
