@@ -94,7 +94,8 @@ def test_every_route_has_its_body_forms_authentication_and_errors(api: Api) -> N
         assert operation["security"] == (SIGNED if path.startswith("/v1/") else []), path
         statuses = set(operation["responses"])
         assert {"200", "401"} <= statuses and "422" not in statuses, path
-        assert (statuses >= {"429", "503"}) == path.startswith("/v1/Run/"), path
+        # Every POST is rate limited, size-capped and answers 503 while the database is away.
+        assert statuses >= {"413", "429", "503"}, path
     assert set(paths["/files/{key}/{name}"]["get"]["responses"]["200"]["content"]) == {"image/png", "image/jpeg"}
 
 
