@@ -83,3 +83,15 @@ def store(database_url: str) -> Iterator[TaskStore]:
     opened.migrate()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[PostgresSchema]:
+    """A schema of its own on the tests' PostgreSQL, dropped after the test; skips without one."""
+    base = postgres_url()
+    if base is None:
+        pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
+    created = PostgresSchema(base)
+    created.create()
+    yield created
+    created.drop()

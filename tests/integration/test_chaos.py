@@ -38,7 +38,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from websockets.sync.client import connect
 
-from tests.conftest import PostgresSchema, postgres_url
+from tests.conftest import PostgresSchema
 from tests.fakes.s3 import FAKE_CREDENTIALS, MotoS3
 from tests.integration.cluster import (
     ApiProcess,
@@ -81,17 +81,6 @@ def task_body(index: int) -> tuple[str, dict[str, Any], int]:
         return FLUX2, {"prompt": f"chaos {index}", "width": 64, "height": 64, "steps": 2, "outputFormat": fmt}, 1
     samples = 2 if index % 5 == 0 else 1
     return PIXEL, {"prompt": f"chaos {index}", "width": 64, "height": 64, "steps": 2, "samples": samples}, samples
-
-
-@pytest.fixture
-def schema() -> Iterator[PostgresSchema]:
-    base = postgres_url()
-    if base is None:
-        pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-    created = PostgresSchema(base)
-    created.create()
-    yield created
-    created.drop()
 
 
 @pytest.fixture
@@ -198,8 +187,9 @@ class SocketWatcher:
 
 
 def test_every_task_ends_once_while_workers_are_killed_and_an_api_restarts(
-    tmp_path: Path, schema: PostgresSchema, moto: MotoS3
+    tmp_path: Path, postgres_schema: PostgresSchema, moto: MotoS3
 ) -> None:
+    schema = postgres_schema
     started = time.monotonic()
     bucket = moto.new_bucket()
     env = fluxrun_env(

@@ -56,17 +56,6 @@ OUTAGE_SECONDS = 2.5 * LEASE_SECONDS  # long enough for every lease to run out
 UNAVAILABLE = "The server cannot reach its database right now; try again in 5 seconds."
 
 
-@pytest.fixture
-def schema() -> Iterator[PostgresSchema]:
-    base = postgres_url()
-    if base is None:
-        pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-    created = PostgresSchema(base)
-    created.create()
-    yield created
-    created.drop()
-
-
 def _records(server: Server) -> list[dict[str, Any]]:
     return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
 
@@ -101,7 +90,8 @@ def _assert_all_ended_on_their_first_attempt(server: Server, taskids: list[str])
 
 
 @pytest.mark.slow
-def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, schema: PostgresSchema) -> None:
+def test_postgres_away_for_longer_than_a_lease_loses_no_task(tmp_path: Path, postgres_schema: PostgresSchema) -> None:
+    schema = postgres_schema
     target = urlsplit(schema.base_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
     through_proxy = schema.url.replace(f"@{target.netloc.split('@')[-1]}", f"@127.0.0.1:{proxy.port}", 1)
