@@ -40,6 +40,16 @@ class PostgresSchema:
         self.name = f"fluxrun_test_{secrets.token_hex(6)}"
         self.url = _with_search_path(base_url, self.name)
 
+    @classmethod
+    def created_or_skip(cls) -> PostgresSchema:
+        """A new schema on the tests' PostgreSQL, created; the test is skipped without one."""
+        base = postgres_url()
+        if base is None:
+            pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
+        schema = cls(base)
+        schema.create()
+        return schema
+
     def create(self) -> None:
         from sqlalchemy import create_engine, text
 
@@ -64,11 +74,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'fluxrun.db'}"
         return
-    base = postgres_url()
-    if base is None:
-        pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-    schema = PostgresSchema(base)
-    schema.create()
+    schema = PostgresSchema.created_or_skip()
     try:
         yield schema.url
     finally:
@@ -88,10 +94,6 @@ def store(database_url: str) -> Iterator[TaskStore]:
 @pytest.fixture
 def postgres_schema() -> Iterator[PostgresSchema]:
     """A schema of its own on the tests' PostgreSQL, dropped after the test; skips without one."""
-    base = postgres_url()
-    if base is None:
-        pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-    created = PostgresSchema(base)
-    created.create()
+    created = PostgresSchema.created_or_skip()
     yield created
     created.drop()

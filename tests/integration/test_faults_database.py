@@ -43,7 +43,7 @@ from fluxrun.storage.local import LocalStorage
 from fluxrun.store.sqlite import SqliteTaskStore
 from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.loop import Worker
-from tests.conftest import PostgresSchema, postgres_url
+from tests.conftest import PostgresSchema
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.integration.cluster import fluxrun_env
 from tests.integration.server import TERMINAL, Server, free_port
@@ -267,11 +267,7 @@ class Outage:
 def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
     schema = None
     if request.param == "postgres":
-        base = postgres_url()
-        if base is None:
-            pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-        schema = PostgresSchema(base)
-        schema.create()
+        schema = PostgresSchema.created_or_skip()
     made = Outage(request.param, tmp_path, schema)
     try:
         yield made

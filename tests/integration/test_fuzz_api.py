@@ -51,7 +51,7 @@ from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
 from fluxrun.store.base import Project
 from fluxrun.tools.catalog import TOOLS
-from tests.conftest import BACKENDS, PostgresSchema, postgres_url
+from tests.conftest import BACKENDS, PostgresSchema
 
 pytestmark = pytest.mark.slow
 
@@ -130,11 +130,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     database_url = f"sqlite:///{data_dir / 'fluxrun.db'}"
     postgres: PostgresSchema | None = None
     if request.param == "postgres":
-        base = postgres_url()
-        if base is None:
-            pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-        postgres = PostgresSchema(base)
-        postgres.create()
+        postgres = PostgresSchema.created_or_skip()
         database_url = postgres.url
     # No concurrency, queue or rate limit: the fuzzer's Runs (no worker takes them) and its
     # thousands of requests with one key must not turn every later answer into a 429 or a

@@ -15,7 +15,7 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import BACKENDS, PostgresSchema, postgres_url
+from tests.conftest import BACKENDS, PostgresSchema
 from tests.integration.server import Server
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     settings: dict[str, str] = {}
     schema = None
     if request.param == "postgres":
-        base = postgres_url()
-        if base is None:
-            pytest.skip("FLUXRUN_TEST_DATABASE_URL is not set (.ci/run sets it)")
-        schema = PostgresSchema(base)
-        schema.create()
+        schema = PostgresSchema.created_or_skip()
         settings["FLUXRUN_DATABASE_URL"] = schema.url
     # Idle workers poll every 30 s: tasks start promptly only if the event bus wakes them.
     running = Server(tmp_path_factory.mktemp("socket") / "data", FLUXRUN_IDLE_POLL_SECONDS="30", **settings)
