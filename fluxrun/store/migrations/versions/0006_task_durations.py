@@ -1,5 +1,6 @@
 """The duration histogram of finished tasks as a table kept up to date, filled from the tasks
-already finished.
+already finished. Tasks that processes of the previous release end after this migration,
+before they are restarted, are not counted in it (their code does not know the table).
 
 Revision ID: 0006
 Revises: 0005
