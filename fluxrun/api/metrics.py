@@ -1,7 +1,7 @@
 """Prometheus metrics for ``GET /metrics``.
 
-Shared state is read from the database at scrape time by ``StoreCollector`` (a few GROUP BY
-queries), so every API process behind a load balancer reports the same numbers for the
+Shared state is read from the database at scrape time by ``StoreCollector`` (a few small
+queries; the duration histogram is kept as tasks end, not computed from every finished task), so every API process behind a load balancer reports the same numbers for the
 queue, the workers and the finished tasks, and none of them has to have seen the events:
 
     fluxrun_queue_depth{tool}                      tasks waiting in the queue
@@ -42,8 +42,6 @@ from fluxrun.tools.catalog import TOOLS
 
 log = logging.getLogger("fluxrun.api")
 
-# Generation seconds: a tiny model on a CPU takes under a second, FLUX.2 [dev] at 50 steps minutes.
-DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 WORKER_STATES = ("loading", "idle", "busy", "stopping")
 OUTCOMES = ("succeeded", "failed", "cancelled")
 
@@ -63,7 +61,7 @@ class StoreCollector(Collector):
         try:
             now = self._clock()
             counts = self._store.task_counts()
-            histograms = self._store.duration_histograms(DURATION_BUCKETS)
+            histograms = self._store.duration_histograms()
             workers = self._store.live_workers(now)
         except Exception:  # the process metrics still go out; this says why the rest did not
             log.warning("metrics: the database could not be read", exc_info=True)

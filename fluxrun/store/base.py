@@ -209,6 +209,13 @@ class TaskCounts:
     running: int
 
 
+# The histogram's upper bounds, in seconds: a tiny model on a CPU takes under a second,
+# FLUX.2 [dev] at 50 steps minutes. Finished tasks are counted per bound as they end (the
+# task_durations table keeps each bound's index), so changing them needs a migration that
+# rebuilds that table.
+DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
 @dataclass(frozen=True)
 class DurationHistogram:
     """Finished tasks of one tool and outcome: cumulative counts per upper bound (seconds).
@@ -424,8 +431,9 @@ class TaskStore(ABC):
         """Queued and running tasks per tool (tools with none are absent)."""
 
     @abstractmethod
-    def duration_histograms(self, bounds: tuple[float, ...]) -> list[DurationHistogram]:
-        """Finished tasks per tool and outcome, bucketed by ``bounds`` (growing)."""
+    def duration_histograms(self) -> list[DurationHistogram]:
+        """Finished tasks per tool and outcome, bucketed by DURATION_BUCKETS. Kept as tasks
+        end, so it costs the same however many tasks have finished."""
 
     # -- callbacks: the deliverer's side --------------------------------------------------
     @abstractmethod

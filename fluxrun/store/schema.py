@@ -188,3 +188,20 @@ login_codes = Table(
     Column("expires_at", Float, nullable=False),
     Column("used_at", Float, nullable=True),
 )
+
+# The duration histogram of finished tasks (metrics: fluxrun_task_duration_seconds), kept as
+# tasks end instead of computed from every finished task at each scrape: one row per tool,
+# outcome and bucket, counted in the transaction that ends a task (fluxrun.store.stats
+# ``count_finished``). Its size is tools x 3 outcomes x 12 buckets, whatever the history.
+# ``bucket`` is the index of the first bound of base.DURATION_BUCKETS the duration is within
+# (len(DURATION_BUCKETS): above all): changing the bounds needs a migration that rebuilds it.
+task_durations = Table(
+    "task_durations",
+    metadata,
+    Column("tool", String(200), nullable=False),
+    Column("outcome", String(16), nullable=False),  # succeeded | failed | cancelled
+    Column("bucket", Integer, nullable=False),
+    Column("finished", BigInteger, nullable=False),  # tasks in this bucket
+    Column("seconds", Float, nullable=False),  # their durations added up
+    PrimaryKeyConstraint("tool", "outcome", "bucket"),
+)

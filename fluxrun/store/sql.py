@@ -45,7 +45,7 @@ from fluxrun.store.events import MAX_ERROR_CHARS, TASK_ERROR, EventBus, TaskEven
 from fluxrun.store.logins import LoginQueries
 from fluxrun.store.queue import check_limits, next_task
 from fluxrun.store.schema import nonces, outputs, projects, tasks
-from fluxrun.store.stats import StatsQueries
+from fluxrun.store.stats import StatsQueries, count_finished
 from fluxrun.store.workers import WorkerQueries
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -323,6 +323,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             if result.rowcount != 1:
                 return None
             queue_callback(conn, task_id, now)
+            count_finished(conn, [task_id])
             return self._cancelled(conn, task_id)
 
     def kill(self, project_id: int, task_id: int, now: float) -> TaskRecord | None:
@@ -344,6 +345,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             if result.rowcount != 1:
                 return None
             queue_callback(conn, task_id, now)
+            count_finished(conn, [task_id])
             return self._cancelled(conn, task_id)
 
     def _cancelled(self, conn: Connection, task_id: int) -> TaskRecord:
@@ -353,6 +355,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
 
     def expire_leases(self, now: float, max_attempts: int, settle_seconds: float = 0.0) -> list[ExpiredLease]:
         expired: list[ExpiredLease] = []
+        failed_ids: list[int] = []
         with self._write() as conn:
             if self.availability.settled_for() < settle_seconds:  # checked once the lock is ours
                 return expired
@@ -381,6 +384,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                     if failed.rowcount == 1:
                         queue_callback(conn, row.id, now)
                         self._emit_failure(conn, row.id, row.attempt, error)
+                        failed_ids.append(row.id)
                     expired.append(ExpiredLease(row.id, row.attempt, requeued=False))
                     continue
                 conn.execute(
@@ -397,6 +401,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                 )
                 self._emit(conn, row.id, Status.QUEUE.value, row.attempt)
                 expired.append(ExpiredLease(row.id, row.attempt, requeued=True))
+            count_finished(conn, failed_ids)  # all at once: see its docstring on lock order
         return expired
 
     # -- tasks: worker side ---------------------------------------------------------------
@@ -438,6 +443,8 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             values["debugoutput"] = tasks.c.debugoutput + note.rstrip("\n") + "\n"
         with self._write() as conn:
             self._fenced_update(conn, lease, values, allowed_from=_sources(status))
+            if status.terminal:  # the worker ends tasks with finish_*, but the interface allows it
+                count_finished(conn, [lease.task_id])
             self._emit(conn, lease.task_id, status.value, lease.attempt)
 
     def record_progress(self, lease: Lease, progress: dict[str, Any], now: float) -> None:
@@ -477,6 +484,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                         created_at=now,
                     )
                 )
+            count_finished(conn, [lease.task_id])
             self._emit(conn, lease.task_id, Status.POSTPROCESS_END.value, lease.attempt)
             return self._task(conn, lease.task_id)
 
@@ -484,6 +492,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         with self._write() as conn:
             self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
             queue_callback(conn, lease.task_id, now)
+            count_finished(conn, [lease.task_id])
             self._emit_failure(conn, lease.task_id, lease.attempt, error)
 
     def hand_back(self, lease: Lease, now: float, reason: str) -> bool:

@@ -32,6 +32,7 @@ from fluxrun.status import Status
 from fluxrun.storage.local import LocalStorage
 from fluxrun.store import open_store
 from fluxrun.store.base import NewOutput, TaskStore
+from fluxrun.store.stats import scan_duration_histograms
 from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
@@ -216,3 +217,20 @@ def test_workers_pick_up_where_the_old_release_left_off(upgraded: TaskStore) -> 
     # A login link for an old project (a table of a later release).
     upgraded.add_login_code(1, "h" * 64, time.time(), time.time() + 60)
     assert upgraded.redeem_login_code("h" * 64, time.time()).project_id == 1
+
+
+def test_the_duration_histogram_counts_the_old_finished_tasks(upgraded: TaskStore) -> None:
+    # /metrics reads it from a table migration 0006 made and filled: the old release's four
+    # finished tasks are in it, as a scan of the tasks table counts them.
+    histograms = {(h.tool, h.outcome): h for h in upgraded.duration_histograms()}
+    assert {key: h.count for key, h in histograms.items()} == {
+        (PIXEL, "succeeded"): 1, (PIXEL, "failed"): 1, (PIXEL, "cancelled"): 2}
+    assert histograms[PIXEL, "succeeded"].total_seconds == pytest.approx(3.6)  # its elapsed
+    assert histograms[PIXEL, "failed"].total_seconds == pytest.approx(4.1)  # start to end
+    cancelled = histograms[PIXEL, "cancelled"]  # in the queue: 0 s; killed: start to the kill, 0.6 s
+    assert cancelled.total_seconds == pytest.approx(0.6)
+    assert (dict(cancelled.buckets)[0.5], dict(cancelled.buckets)[1.0]) == (1, 2)
+    with upgraded.engine.connect() as conn:  # type: ignore[attr-defined]
+        scanned = scan_duration_histograms(conn)
+    assert [(h.tool, h.outcome, h.buckets, h.count) for h in scanned] == [
+        (h.tool, h.outcome, h.buckets, h.count) for h in upgraded.duration_histograms()]

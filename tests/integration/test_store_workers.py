@@ -9,7 +9,7 @@ import pytest
 
 from fluxrun.errors import LeaseLost
 from fluxrun.status import Status
-from fluxrun.store.base import GpuMemory, TaskStore, WorkerRecord
+from fluxrun.store.base import DURATION_BUCKETS, DurationHistogram, GpuMemory, TaskStore, WorkerRecord
 from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
@@ -140,12 +140,17 @@ def test_task_counts_and_duration_histograms(store: TaskStore) -> None:
     assert (counts[FLUX2].queued, counts[FLUX2].running) == (1, 0)
     assert running.task.tool == PIXEL
 
-    histograms = {(h.tool, h.outcome): h for h in store.duration_histograms((1.0, 2.0, 60.0))}
+    histograms = {(h.tool, h.outcome): h for h in store.duration_histograms()}
     assert set(histograms) == {(PIXEL, "succeeded"), (PIXEL, "failed"), (PIXEL, "cancelled")}
+
+    def at(h: DurationHistogram, *bounds: float) -> tuple[int, ...]:  # cumulative counts at some bounds
+        return tuple(dict(h.buckets)[bound] for bound in bounds)
+
+    assert [bound for bound, _ in histograms[PIXEL, "succeeded"].buckets] == list(DURATION_BUCKETS)
     ok = histograms[PIXEL, "succeeded"]
-    assert (ok.buckets, ok.count, ok.total_seconds) == (((1.0, 0), (2.0, 1), (60.0, 1)), 1, 1.5)
+    assert (at(ok, 1.0, 2.5, 60.0), ok.count, ok.total_seconds) == ((0, 1, 1), 1, 1.5)
     bad = histograms[PIXEL, "failed"]
-    assert bad.buckets == ((1.0, 0), (2.0, 0), (60.0, 1)) and bad.count == 1
+    assert at(bad, 1.0, 2.5, 30.0, 60.0) == (0, 0, 0, 1) and bad.count == 1
     assert bad.total_seconds == pytest.approx(40.0)
     gone = histograms[PIXEL, "cancelled"]
-    assert (gone.buckets, gone.count, gone.total_seconds) == (((1.0, 1), (2.0, 1), (60.0, 1)), 1, 0.0)
+    assert (at(gone, 0.5, 1.0, 60.0), gone.count, gone.total_seconds) == ((1, 1, 1), 1, 0.0)
