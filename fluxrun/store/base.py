@@ -75,15 +75,18 @@ class OutputRecord:
     size: int
     accesskey: str
     created_at: float
+    key: str | None = None  # the storage key of its file; None: the task's output_key (rows before 0006)
 
 
 @dataclass(frozen=True)
 class NewOutput:
-    """A file a worker has written to storage under the task's output key."""
+    """A file a worker has written to storage, under ``key`` (storage.base.attempt_key of its
+    attempt; None: the task's output key)."""
 
     name: str
     content_type: str
     size: int
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -481,6 +481,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                         size=item.size,
                         accesskey=new_token(),
                         created_at=now,
+                        storage_key=item.key,
                     )
                 )
             self._emit(conn, lease.task_id, Status.POSTPROCESS_END.value, lease.attempt)
@@ -556,7 +557,8 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         if ids:
             for o in conn.execute(select(outputs).where(outputs.c.task_id.in_(ids)).order_by(outputs.c.name)):
                 by_task[o.task_id].append(
-                    OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at)
+                    OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at,
+                                 o.storage_key)
                 )
         return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
 
