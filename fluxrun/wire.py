@@ -73,7 +73,7 @@ def output_wire(task: TaskRecord, output: OutputRecord, storage: OutputStorage, 
         "filecount": "0",
         "ispublic": 0,
         "expiretime": None,
-        "url": storage.url(task.output_key, output.name, base_url),
+        "url": storage.url(output.key or task.output_key, output.name, base_url),
     }
 
 

@@ -1,17 +1,30 @@
 """The OutputStorage interface.
 
-Files are addressed by (key, name): ``key`` is the task's unguessable output key, ``name``
-the file name (``0.png``). Writing the same (key, name) again replaces the file, so a
-second attempt of a task is harmless.
+Files are addressed by (key, name): ``key`` is unguessable, ``name`` the file name
+(``0.png``, as SPEC.md section 4 names them, whichever attempt made it). Each attempt of a
+task writes under a key of its own (``attempt_key``): an attempt that lost its task (its
+worker paused, the lease was taken over) may still have an upload in flight, and that
+upload must never overwrite a file the attempt that took over stored and recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 NAME_PATTERN = re.compile(r"^[0-9]{1,4}\.(png|jpeg)$")
+
+
+def attempt_key(output_key: str, attempt: int) -> str:
+    """The key attempt ``attempt`` of a task stores its files under: the task's output key
+    for the first attempt (the common case, and where releases before this one put every
+    file), for each later one a key of its own, as unguessable (a keyed hash of the attempt
+    by the task's secret output key) and as valid (40 hex digits)."""
+    if attempt <= 1:
+        return output_key
+    return hashlib.blake2b(f"attempt {attempt}".encode(), key=output_key.encode(), digest_size=20).hexdigest()
 
 
 def is_valid_address(key: str, name: str) -> bool:

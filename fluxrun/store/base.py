@@ -7,6 +7,10 @@ Every backend (SQLite, PostgreSQL) passes the same test suite. Guarantees:
   the task ends failed, so no client polls forever;
 - every worker write is fenced by the attempt number: a worker whose lease was taken over
   gets ``LeaseLost`` and changes nothing;
+- a worker's status write (``advance``, ``finish_success``, ``finish_failure``) made again
+  after its COMMIT landed but the answer was lost (DatabaseUnavailable, then the retry) finds
+  itself done and succeeds with nothing done twice: no second note, outputs (same access keys),
+  callback or event;
 - status changes follow ``fluxrun.status.is_legal``; illegal ones raise ``IllegalTransition``;
 - a task with a callback URL gets its delivery row in the same transaction that ends it, and
   a delivery is tried by one deliverer at a time, under a claim that expires.
@@ -71,15 +75,18 @@ class OutputRecord:
     size: int
     accesskey: str
     created_at: float
+    key: str | None = None  # the storage key of its file; None: the task's output_key (rows before 0007)
 
 
 @dataclass(frozen=True)
 class NewOutput:
-    """A file a worker has written to storage under the task's output key."""
+    """A file a worker has written to storage, under ``key`` (storage.base.attempt_key of its
+    attempt; None: the task's output key)."""
 
     name: str
     content_type: str
     size: int
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,12 @@ class Subscription(ABC):
 class EventBus(ABC):
     """Publishes task events to every subscriber, in this process and in others."""
 
+    #: Whether a write's events travel inside its transaction (PostgreSQL's NOTIFY), so that a
+    #: COMMIT that landed sent them even when its acknowledgement was lost. Otherwise (the local
+    #: bus sends after the commit returned) such a write's events were never sent, and the
+    #: store sends them when the write, made again, finds it had landed.
+    sent_by_commit = False
+
     def before_commit(self, conn: Any, events: list[TaskEvent]) -> None:
         """Called inside a write transaction, just before it commits (PostgreSQL: NOTIFY)."""
 

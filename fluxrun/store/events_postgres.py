@@ -43,6 +43,8 @@ def libpq_url(sqlalchemy_url: str) -> str:
 
 
 class PostgresEventBus(EventBus):
+    sent_by_commit = True  # NOTIFY is delivered with the commit itself
+
     def __init__(self, url: str, engine: Any) -> None:
         self._conninfo = libpq_url(url)
         self._engine = engine

@@ -127,6 +127,9 @@ outputs = Table(
     Column("size", Integer, nullable=False),
     Column("accesskey", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
+    # Where its file is stored: each attempt of a task has a key of its own (storage.base.attempt_key).
+    # NULL: the task's output_key (the rows of releases before 0007).
+    Column("storage_key", String(64), nullable=True),
     UniqueConstraint("task_id", "name"),
 )
 

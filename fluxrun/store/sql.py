@@ -107,7 +107,10 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                     if pending:
                         self.events.before_commit(conn, pending)
             finally:
-                del conn.info[_PENDING_EVENTS]
+                # pop, not del: a connection dropped during the transaction (or its COMMIT) was
+                # invalidated, and SQLAlchemy cleared its info; the caller must see the
+                # DatabaseUnavailable, not a KeyError.
+                conn.info.pop(_PENDING_EVENTS, None)
         if pending:
             self.events.after_commit(pending)
 
@@ -439,13 +442,15 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             values[STATUS_TIME[status]] = now
         if status is Status.END:
             values["postprocessstarttime"] = now
+        landed = dict(values)  # what the row shows once this very write committed (not the note: appended)
         if note:
             values["debugoutput"] = tasks.c.debugoutput + note.rstrip("\n") + "\n"
         with self._write() as conn:
-            self._fenced_update(conn, lease, values, allowed_from=_sources(status))
-            if status.terminal:  # the worker ends tasks with finish_*, but the interface allows it
+            written = self._fenced_update(conn, lease, values, allowed_from=_sources(status), landed=landed)
+            if written and status.terminal:  # the worker ends tasks with finish_*, but the interface allows it
                 count_finished(conn, [lease.task_id])
-            self._emit(conn, lease.task_id, status.value, lease.attempt)
+            if written or not self.events.sent_by_commit:  # see events.EventBus.sent_by_commit
+                self._emit(conn, lease.task_id, status.value, lease.attempt)
 
     def record_progress(self, lease: Lease, progress: dict[str, Any], now: float) -> None:
         values = {"status": Status.OUTPUT.value, "progress": json.dumps(progress)}
@@ -460,15 +465,16 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         return bool(row) and row.attempt == lease.attempt and row.status in _RUNNING_VALUES
 
     def finish_success(self, lease: Lease, outputs_: list[NewOutput], elapsed: float, now: float) -> TaskRecord:
-        values = {
-            "status": Status.POSTPROCESS_END.value,
-            "postprocessendtime": now,
-            "pexit": 0,
-            "elapsed": elapsed,
-            **_RELEASED,
-        }
+        landed = {"status": Status.POSTPROCESS_END.value, "postprocessendtime": now, "pexit": 0, "elapsed": elapsed}
         with self._write() as conn:
-            self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END))
+            if not self._fenced_update(
+                conn, lease, {**landed, **_RELEASED}, allowed_from=_sources(Status.POSTPROCESS_END), landed=landed
+            ):
+                # Made again after its acknowledgement was lost: the outputs, their access keys
+                # (so the URLs a client may have read) and the callback are those already written.
+                if not self.events.sent_by_commit:
+                    self._emit(conn, lease.task_id, Status.POSTPROCESS_END.value, lease.attempt)
+                return self._task(conn, lease.task_id)
             queue_callback(conn, lease.task_id, now)
             # A earlier attempt may have recorded some files before it died: replace them.
             conn.execute(outputs.delete().where(outputs.c.task_id == lease.task_id))
@@ -482,6 +488,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
                         size=item.size,
                         accesskey=new_token(),
                         created_at=now,
+                        storage_key=item.key,
                     )
                 )
             count_finished(conn, [lease.task_id])
@@ -489,11 +496,15 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
             return self._task(conn, lease.task_id)
 
     def finish_failure(self, lease: Lease, error: str, now: float, pexit: int = 1) -> None:
+        values = _failed(now, error, pexit)
+        landed = {k: v for k, v in values.items() if k not in _RELEASED}
         with self._write() as conn:
-            self._fenced_update(conn, lease, _failed(now, error, pexit), allowed_from=_sources(Status.POSTPROCESS_END))
-            queue_callback(conn, lease.task_id, now)
-            count_finished(conn, [lease.task_id])
-            self._emit_failure(conn, lease.task_id, lease.attempt, error)
+            if self._fenced_update(conn, lease, values, allowed_from=_sources(Status.POSTPROCESS_END), landed=landed):
+                queue_callback(conn, lease.task_id, now)
+                count_finished(conn, [lease.task_id])
+                self._emit_failure(conn, lease.task_id, lease.attempt, error)
+            elif not self.events.sent_by_commit:  # made again after its acknowledgement was lost
+                self._emit_failure(conn, lease.task_id, lease.attempt, error)
 
     def hand_back(self, lease: Lease, now: float, reason: str) -> bool:
         owned = and_(tasks.c.id == lease.task_id, tasks.c.attempt == lease.attempt, tasks.c.status.in_(_RUNNING_VALUES))
@@ -517,15 +528,30 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
 
     # -- helpers --------------------------------------------------------------------------
     def _fenced_update(
-        self, conn: Connection, lease: Lease, values: dict[str, Any], allowed_from: list[str] | None = None
-    ) -> None:
-        """Update the task only while this lease owns it and the move is legal."""
+        self,
+        conn: Connection,
+        lease: Lease,
+        values: dict[str, Any],
+        allowed_from: list[str] | None = None,
+        landed: dict[str, Any] | None = None,
+    ) -> bool:
+        """Update the task only while this lease owns it and the move is legal: True.
+
+        False when the row, still this attempt's, already shows all of ``landed`` (columns and
+        the values this write sets, its time included, so that no other write can match):
+        this very write committed, but its acknowledgement was lost (the connection dropped
+        during COMMIT) and the worker made it again (worker/patience.py). The caller then
+        does nothing twice (no note appended again, no outputs, callback or event again)."""
         allowed = allowed_from if allowed_from is not None else _RUNNING_VALUES
         owned = and_(tasks.c.id == lease.task_id, tasks.c.attempt == lease.attempt, tasks.c.status.in_(_RUNNING_VALUES))
         result = conn.execute(update(tasks).where(owned, tasks.c.status.in_(allowed)).values(**values))
         if result.rowcount == 1:
-            return
-        row = conn.execute(select(tasks.c.status, tasks.c.attempt).where(tasks.c.id == lease.task_id)).first()
+            return True
+        shown = [tasks.c[column] for column in landed or {} if column not in ("status", "attempt")]
+        row = conn.execute(select(tasks.c.status, tasks.c.attempt, *shown).where(tasks.c.id == lease.task_id)).first()
+        if landed and row is not None and row.attempt == lease.attempt:
+            if all(row._mapping[column] == value for column, value in landed.items()):
+                return False
         if row is None or row.attempt != lease.attempt or row.status not in _RUNNING_VALUES:
             raise LeaseLost(f"task {lease.task_id}: attempt {lease.attempt} no longer owns it")
         raise IllegalTransition(f"task {lease.task_id}: {row.status} -> {values.get('status')} is not allowed")
@@ -540,7 +566,8 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
         if ids:
             for o in conn.execute(select(outputs).where(outputs.c.task_id.in_(ids)).order_by(outputs.c.name)):
                 by_task[o.task_id].append(
-                    OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at)
+                    OutputRecord(o.id, o.task_id, o.name, o.content_type, o.size, o.accesskey, o.created_at,
+                                 o.storage_key)
                 )
         return [_task_record(r, sorted(by_task[r.id], key=_output_order)) for r in rows]
 

@@ -46,7 +46,7 @@ from fluxrun.imaging.encode import EncodedImage, encode_image
 from fluxrun.imaging.pixelart import pixelate
 from fluxrun.logs import task_scope
 from fluxrun.status import Status
-from fluxrun.storage.base import OutputStorage
+from fluxrun.storage.base import OutputStorage, attempt_key
 from fluxrun.store.base import Lease, NewOutput, TaskStore
 from fluxrun.tools.catalog import TOOLS, tool_by_slug
 from fluxrun.tools.request import PixelArtPass
@@ -307,14 +307,17 @@ class Worker:
     def _store_outputs(self, held: HeldTask, generated: Generated) -> None:
         """Encode and store the task's files, then its final status (fenced by the attempt)."""
         lease = held.lease
+        # A key of this attempt's own: were this attempt taken over while an upload is in flight,
+        # that upload could not overwrite a file of the attempt that took over.
+        key = attempt_key(lease.task.output_key, lease.attempt)
         outputs: list[NewOutput] = []
         for index, image in enumerate(generated.images):
             # A backend that received finished files (a remote API) hands them over as they are.
             encoded = image if isinstance(image, EncodedImage) else encode_image(image, generated.output_format)
             name = f"{index}.{encoded.extension}"
             self._still_ours(held)  # an attempt that lost the task writes none of its files
-            size = self.storage.put(lease.task.output_key, name, encoded.data, encoded.content_type)
-            outputs.append(NewOutput(name=name, content_type=encoded.content_type, size=size))
+            size = self.storage.put(key, name, encoded.data, encoded.content_type)
+            outputs.append(NewOutput(name=name, content_type=encoded.content_type, size=size, key=key))
         ended = time.time()
         until_written(lambda: self.store.finish_success(lease, outputs, generated.elapsed, ended), held.signals.killed)
         log.info("task %s: %d image(s) in %.2f s", lease.task_id, len(outputs), generated.elapsed)

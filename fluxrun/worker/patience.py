@@ -2,8 +2,10 @@
 
 A worker that loses its database keeps what it holds: the task it generates goes on, and the
 writes that must land (a status, the task's end) are made again, with back-off, until the
-database answers. The store logs the outage once (fluxrun/store/availability.py); the waits
-here say nothing more. The lease is safe meanwhile: nobody can take a task over without the
+database answers. A write whose COMMIT landed though its answer was lost (the connection
+dropped meanwhile) is found done by the store when made again, and nothing is done twice
+(fluxrun/store/base.py). The store logs the outage once (fluxrun/store/availability.py);
+the waits here say nothing more. The lease is safe meanwhile: nobody can take a task over without the
 database, and the reapers give the workers a lease's length to renew once it is back.
 """
 

@@ -38,6 +38,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from websockets.sync.client import connect
 
+from fluxrun.storage.base import attempt_key
 from tests.conftest import PostgresSchema
 from tests.fakes.s3 import FAKE_CREDENTIALS, MotoS3
 from tests.integration.cluster import (
@@ -323,7 +324,9 @@ def test_every_task_ends_once_while_workers_are_killed_and_an_api_restarts(
             successes += 1
             assert len(detail["outputs"]) == task.samples, detail
             for output in detail["outputs"]:
-                key = f"outputs/{rows[task.taskid].output_key}/{output['name']}"
+                # The attempt that ended it stored its files under its own key.
+                row = rows[task.taskid]
+                key = f"outputs/{attempt_key(row.output_key, row.attempt)}/{output['name']}"
                 assert objects.get(key) == int(output["size"]), (key, output)
                 downloaded = httpx.get(output["url"], timeout=30)
                 assert downloaded.status_code == 200 and len(downloaded.content) == int(output["size"])

@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from fluxrun.api.app import create_app
 from fluxrun.backends.registry import BackendCache
 from fluxrun.config import Settings
 from fluxrun.errors import StorageUnavailable
@@ -208,6 +211,52 @@ def test_an_attempt_that_lost_its_lease_while_finishing_writes_nothing_more(
     assert (now.status, now.attempt, now.lease_owner, now.outputs) == (Status.ACCEPT, 2, "test/other", ())
     assert now.pexit is None and now.debugerror == "" and now.endtime is None
     assert storage.names(task.output_key) in ([], ["0.png"])
+
+
+def test_an_upload_in_flight_when_the_task_was_taken_over_never_overwrites_the_files_of_the_new_attempt(
+    store: TaskStore, backends: BackendCache, tmp_path: Path, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path, lease_seconds=5.0)
+    late = GatedStorage(settings.outputs_dir)
+    paused = Worker(settings, store, late, backends, worker_id="test/paused")
+    other = Worker(settings, store, LocalStorage(settings.outputs_dir), backends, worker_id="test/other")
+    task = _submit(store, project)
+    backend = backends.get("flux1")
+    generate = backend.generate
+    # Two attempts seldom make the same bytes on a GPU; the tiny pipeline on a CPU does, so
+    # attempt 1 makes another image here, for its file to show wherever it lands.
+    monkeypatch.setattr(backend, "generate", lambda request, job: generate(replace(request, seed=request.seed + 1), job))
+    with Finisher() as finisher:
+        paused.process(store.claim("test/paused", settings.lease_seconds, time.time()), finisher)
+        monkeypatch.setattr(backend, "generate", generate)
+        assert late.waiting.wait(60)  # attempt 1's upload is in flight...
+        store.expire_leases(time.time() + 3600, max_attempts=3)  # ...when its worker seems gone
+        assert other.run_once()  # attempt 2 runs the task to the end: its file, recorded
+        done = store.get_task(project.id, task_id=task.id)
+        assert done.attempt == 2 and done.pexit == 0, done.debugerror
+        [output] = done.outputs
+        recorded = other.storage.path(output.key, output.name).read_bytes()
+        late.gate.set()  # attempt 1's upload lands now; its final write is fenced off
+    assert other.storage.path(output.key, output.name).read_bytes() == recorded  # attempt 2's file, untouched
+    assert late.names(task.output_key) == ["0.png"]
+    assert late.local.path(task.output_key, "0.png").read_bytes() != recorded  # the late file, where it landed
+    assert store.get_task(project.id, task_id=task.id) == done
+
+    normal = _submit(store, project)
+    assert other.run_once()
+    with TestClient(create_app(settings, store, other.storage, reaper=False)) as client:
+        def seen(task_id: int) -> dict[str, str]:
+            detail = client.post("/v1/Task/Detail", json={"taskid": str(task_id)},
+                                 headers={"x-api-key": project.api_key}).json()
+            [output] = detail["tasklist"][0]["outputs"]
+            return output
+
+        taken_over = seen(task.id)
+        # What clients see of the task (SPEC.md section 4): 0.png, at a URL ending so, serving attempt 2's bytes.
+        assert taken_over["name"] == "0.png" and taken_over["url"].endswith("/0.png")
+        assert client.get(taken_over["url"].replace("http://testserver", "")).content == recorded
+        # A task done on its first attempt: its files where they always were.
+        assert seen(normal.id)["url"] == f"http://testserver/files/{normal.output_key}/0.png"
 
 
 def test_a_stopping_worker_finishes_what_it_holds_and_takes_nothing_new(

@@ -1,6 +1,7 @@
 """GET /files/{key}/{name}: output files, no headers needed (like the hosted CDN links).
 
-The key is the task's unguessable output key; anything that is not an address fluxrun
+The key is the task's unguessable output key (or, for a later attempt of a task, the key of
+that attempt: storage.base.attempt_key); anything that is not an address fluxrun
 made (``..``, other names, other folders) is a 404.
 """
 
