@@ -386,7 +386,7 @@ def run_flux1(args: argparse.Namespace, device: str, dtype: torch.dtype, scratch
     # 2. fluxrun: the worker's backend over the same modules, with the worker's options on this device.
     for name, path in loras.items():
         os.environ[f"FLUXRUN_LORA_{name.upper().replace('-', '_')}"] = str(path)
-    options, choice = worker_options(args, device)
+    options, choice = worker_options(args.compile_backend, device)
     started = time.perf_counter()
     backend = Flux1Backend(options, pipe=pipe)
     setup_s = time.perf_counter() - started
@@ -438,7 +438,7 @@ def run_flux2(args: argparse.Namespace, device: str, dtype: torch.dtype, scratch
                         generator=torch.Generator(device).manual_seed(1)).images[0]
 
     baseline_s = {steps: timed(lambda: baseline(steps), device, args.runs) for steps in args.steps}
-    options, choice = worker_options(args, device)
+    options, choice = worker_options(args.compile_backend, device)
     started = time.perf_counter()
     backend = Flux2Backend(options, pipe=pipe)
     setup_s = time.perf_counter() - started
@@ -470,12 +470,13 @@ def row(model: str, args: argparse.Namespace, steps: int, baseline_s: float, flu
                flops, floor, baseline_floor)
 
 
-def worker_options(args: argparse.Namespace, device: str) -> tuple[Any, speed.SpeedChoice]:
-    """The options the worker builds on this device from its settings (FLUXRUN_* variables)."""
+def worker_options(compile_backend: str, device: str) -> tuple[Any, speed.SpeedChoice]:
+    """The options the worker builds on this device from its settings (FLUXRUN_* variables),
+    compiling with ``compile_backend`` (inductor, or "eager" for a cheap CPU check)."""
     settings = Settings(models="real", device=device, data_dir=Path(tempfile.mkdtemp(prefix="fluxrun-bench-")))
     choice = choose_worker_speed(settings, device)
     options = backend_options(settings, "real", device, choice)
-    return replace(options, compile_backend=args.compile_backend), choice
+    return replace(options, compile_backend=compile_backend), choice
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -15,12 +15,18 @@ never waits for encoding, uploads or database writes. Each case runs ``--rounds`
 alternating order and keeps its best.
 
     PYTHONPATH=. python bench/worker_saturation.py [--tasks 12] [--rounds 2] [--upload-delay-ms 200]
-        [--models auto|tiny|real] [--device auto] [--width W --height H --steps S --samples K]
+        [--models auto|tiny|real|random] [--device auto] [--width W --height H --steps S --samples K]
         [--tool desertPixel/Flat-Pixel-Art-FLUX] [--postgres postgresql://...]
 
 ``--models auto`` means the real models on a CUDA GPU (their weights must be there, as for
 ``fluxrun worker``) and the tiny random-weight ones on a CPU; the tiny ones default to 512x512
-and 4 steps, the real ones to the tool's own defaults (1024x1024). The store is a SQLite file,
+and 4 steps, the real ones to the tool's own defaults (1024x1024). ``--models random`` builds
+the pipeline as bench/gpu_flux.py does, with no download (GPU machines are often offline): on
+a CUDA GPU the full-size architecture with random bf16 weights (FLUX.1-dev with a random
+rank-64 LoRA for the FLUX.1 tools; FLUX.2 [klein] 4B for the FLUX.2 tool), on a CPU its tiny
+configuration, handed to the worker's own backend class with the options the worker picks for
+the device (FLUXRUN_* variables as for ``fluxrun worker``): the arithmetic of the real models
+on the GPU, without their weights. The store is a SQLite file,
 or a schema of its own on the PostgreSQL server that --postgres names (dropped afterwards).
 """
 
@@ -41,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import postgres_schema  # noqa: E402
 
-from fluxrun.backends.base import RecordingJob  # noqa: E402
+from fluxrun.backends.base import Backend, BackendOptions, RecordingJob  # noqa: E402
 from fluxrun.backends.registry import BackendCache, resolve_models_mode  # noqa: E402
 from fluxrun.config import Settings  # noqa: E402
 from fluxrun.storage.base import OutputStorage  # noqa: E402
@@ -71,6 +77,49 @@ class SlowStorage(OutputStorage):
 
     def check(self) -> None:
         self.local.check()
+
+
+class PrebuiltBackends(BackendCache):
+    """The worker's backend cache holding backends built here (``--models random``)."""
+
+    def __init__(self, options: BackendOptions, backends: dict[str, Backend]) -> None:
+        super().__init__(options)
+        self._prebuilt = backends
+
+    def get(self, name: str) -> Backend:
+        return self._prebuilt[name] if name in self._prebuilt else super().get(name)
+
+
+def random_backends(tool: ToolSpec, device: str, scratch: Path, compile_backend: str) -> BackendCache:
+    """The worker's backend for ``tool`` over a random-weight pipeline (see ``--models random``)."""
+    from dataclasses import replace
+
+    import torch
+
+    from bench import gpu_flux
+
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    name = tool.to_request(tool.validate({"prompt": "a knight"})).backend
+    backend: Backend
+    if name == "flux1":
+        from fluxrun.backends.flux1 import Flux1Backend
+
+        pipe = gpu_flux.build_flux1(not cuda, device, dtype, scratch)
+        if tool.lora:  # the tool's LoRA slot, filled with a random LoRA of the usual rank
+            lora = gpu_flux.write_lora(pipe.transformer, 64 if cuda else 4, 1, scratch / "lora")
+            os.environ[f"FLUXRUN_LORA_{tool.lora.upper().replace('-', '_')}"] = str(lora)
+        options, _ = gpu_flux.worker_options(compile_backend, device)
+        backend = Flux1Backend(options, pipe=pipe)
+    else:
+        from fluxrun.backends.flux2 import Flux2Backend
+
+        pipe = gpu_flux.build_flux2("klein", not cuda, device, dtype, scratch)
+        options, _ = gpu_flux.worker_options(compile_backend, device)
+        options = replace(options, flux2_model="klein-4b")
+        backend = Flux2Backend(options, pipe=pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return PrebuiltBackends(options, {name: backend})
 
 
 @dataclass(frozen=True)
@@ -152,7 +201,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="each case this many times, alternating; best kept")
     parser.add_argument("--upload-delay-ms", type=float, default=0.0,
                         help="also measure the worker on a storage whose every upload sleeps this long")
-    parser.add_argument("--models", choices=("auto", "tiny", "real"), default="auto")
+    parser.add_argument("--models", choices=("auto", "tiny", "real", "random"), default="auto")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend where the worker compiles (--models random)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tool", default="desertPixel/Flat-Pixel-Art-FLUX")
     parser.add_argument("--width", type=int)
@@ -163,18 +214,26 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="where the tiny models are kept (default: a temporary folder)")
     args = parser.parse_args()
 
-    mode, device = resolve_models_mode(args.models, args.device)
-    if mode == "tiny":
+    random_weights = args.models == "random"
+    mode, device = resolve_models_mode("auto" if random_weights else args.models, args.device)
+    if random_weights:
+        mode = "random-weight " + ("full-size" if device.startswith("cuda") else "tiny-configuration")
+    if mode in ("tiny", "random-weight tiny-configuration"):
         args.width = args.width or TINY_SIZE
         args.height = args.height or TINY_SIZE
         args.steps = args.steps or TINY_STEPS
     tool = tool_by_slug(args.tool)
     with tempfile.TemporaryDirectory() as folder:
         data_dir = args.data_dir or Path(folder)
-        settings = Settings(data_dir=data_dir, models=mode, device=device)
-        backends = BackendCache(backend_options(settings, mode, device))
+        if random_weights:
+            backends = random_backends(tool, device, Path(folder) / "random", args.compile_backend)
+        else:
+            settings = Settings(data_dir=data_dir, models=mode, device=device)
+            backends = BackendCache(backend_options(settings, mode, device))
         request = tool.to_request(task_inputs(tool, args, seed=10_000))
-        backends.get(request.backend).generate(request, RecordingJob())  # loading and the first call's costs
+        backend = backends.get(request.backend)
+        print(f"backend: {backend.description}", file=sys.stderr, flush=True)
+        backend.generate(request, RecordingJob())  # loading and the first call's costs (compiling)
 
         delays = [0.0] + ([args.upload_delay_ms / 1000] if args.upload_delay_ms else [])
         cases: list[tuple[str, bool | None, float]] = [("pipeline (generate only)", None, 0.0)]
