@@ -248,6 +248,13 @@ class TaskStore(ABC):
         """Bring the schema to the newest revision (Alembic)."""
 
     @abstractmethod
+    def schema_lag(self) -> str | None:
+        """What keeps this release from using the schema, in words ("no fluxrun schema",
+        "at revision 0005; this release needs 0007"), or None when it is at this release's
+        newest revision or at one this release does not know (a newer release migrated it:
+        migrations only add, so an older process goes on working during a rolling upgrade)."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise if the database cannot be reached."""
 

@@ -23,6 +23,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -63,6 +64,12 @@ STATUS_TIME: dict[Status, str] = {
 _ATTEMPT_TIMES = [c for s, c in STATUS_TIME.items() if s not in TERMINAL] + ["postprocessstarttime"]
 _RUNNING_VALUES = [s.value for s in RUNNING]
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
 # A task that leaves a worker's hands, whichever way.
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 # Where a write transaction keeps the events it will publish (on the connection's info).
@@ -144,8 +151,7 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
 
     # -- set-up ---------------------------------------------------------------------------
     def migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(_MIGRATIONS))
+        config = _alembic_config()
         # Processes of a new release may start together, each migrating at start: the first
         # migrates, the others wait for its transaction to commit and find the schema current.
         # A write transaction (SQLite: BEGIN IMMEDIATE) plus the dialect's lock (_lock_setup).
@@ -171,6 +177,17 @@ class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, T
 
     def _check_migrated(self, conn: Connection) -> None:
         """Refuse to commit a migration that left the data inconsistent (SQLite: dangling references)."""
+
+    def schema_lag(self) -> str | None:
+        script = ScriptDirectory.from_config(_alembic_config())
+        head = script.get_current_head()
+        with self._read() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current == head or (current is not None and current not in {r.revision for r in script.walk_revisions()}):
+            return None
+        if current is None:
+            return f"it has no fluxrun schema yet (this release needs revision {head})"
+        return f"its schema is at revision {current}; this release needs {head}"
 
     def ping(self) -> None:
         with self._read() as conn:

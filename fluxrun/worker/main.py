@@ -27,6 +27,7 @@ from fluxrun.worker.startup import (
     lora_report,
     say,
     speed_request,
+    wait_for_schema,
     wants_warmup,
     warm_up,
 )
@@ -119,6 +120,8 @@ def run_worker(settings: Settings) -> None:
     # Callbacks go out while the models load, too: they need no model.
     deliverer = Deliverer(settings, store, storage, deliverer_id=worker_id)
     try:
+        if not wait_for_schema(store, shutdown.stop):
+            return
         presence.start()
         deliverer.start()
         backends = BackendCache(backend_options(settings, mode, device, speed))

@@ -113,7 +113,9 @@ class Presence:
         return self._record.state
 
     def stop(self) -> None:
-        """The worker exits cleanly: its row says stopped."""
+        """The worker exits cleanly: its row says stopped (if it ever had one)."""
+        if self._thread.ident is None:  # never started: nothing registered, nothing to mark
+            return
         self._closed.set()
         self._wake.set()
         if self._thread.is_alive():

@@ -1,5 +1,5 @@
-"""What a worker does before it takes tasks: say what it serves, load its models and its
-safety classifier, warm up.
+"""What a worker does before it takes tasks: wait for the database's schema, say what it
+serves, load its models and its safety classifier, warm up.
 
 Every problem an operator can fix is one log line that says what to do: a device that is
 not there (fatal: the worker exits with errors.EXIT_CONFIG and is not restarted), a gated or
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 from fluxrun.backends import memory
@@ -21,13 +22,38 @@ from fluxrun import logs
 from fluxrun.backends.registry import BackendCache
 from fluxrun.backends.speed import SpeedChoice, SpeedRequest, choose_speed, device_facts
 from fluxrun.config import Settings
-from fluxrun.errors import BackendUnavailable, ValidationError
+from fluxrun.errors import BackendUnavailable, DatabaseUnavailable, ValidationError
+from fluxrun.store.base import TaskStore
 from fluxrun.tools.spec import ToolSpec
 from fluxrun.worker.moderation import Moderation
 
 log = logging.getLogger("fluxrun.worker")
 
 WARMUP_STEPS = 2
+SCHEMA_POLL_SECONDS = 2.0
+
+
+def wait_for_schema(store: TaskStore, stop: threading.Event, poll_seconds: float = SCHEMA_POLL_SECONDS) -> bool:
+    """Wait until the database's schema is one this release can use; False if ``stop`` was
+    set first. A worker never migrates (``fluxrun db upgrade``, ``api`` and ``serve`` do) and
+    processes may start in any order, so a schema behind this release is waited for, with one
+    line saying what to run, instead of a traceback when the first query finds no table."""
+    said: str | None = None
+    while True:
+        try:
+            lag = store.schema_lag()
+        except DatabaseUnavailable:  # the store said so in one line; the database may be starting too
+            lag = "unreachable"
+        if lag is None:
+            if said is not None:
+                log.info("database schema ready")
+            return True
+        if lag != said and lag != "unreachable":
+            log.warning("waiting for the database: %s. Run `fluxrun db upgrade` (`fluxrun api` and `fluxrun serve` "
+                        "upgrade it at start).", lag)
+        said = lag
+        if stop.wait(poll_seconds):
+            return False
 
 
 def lora_report(settings: Settings, mode: str, tools: tuple[ToolSpec, ...] | None = None) -> list[str]:

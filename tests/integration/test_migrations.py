@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -92,9 +93,14 @@ OLD_OUTPUTS = [
 ]
 
 
-def _write_first_release(database_url: str) -> None:
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(fluxrun.store.__file__).parent / "migrations"))
+    return config
+
+
+def _write_first_release(database_url: str) -> None:
+    config = _config()
     engine = create_engine(database_url)
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -234,3 +240,20 @@ def test_the_duration_histogram_counts_the_old_finished_tasks(upgraded: TaskStor
         scanned = scan_duration_histograms(conn)
     assert [(h.tool, h.outcome, h.buckets, h.count) for h in scanned] == [
         (h.tool, h.outcome, h.buckets, h.count) for h in upgraded.duration_histograms()]
+
+
+def test_the_schema_lag_says_what_a_worker_waits_for(database_url: str) -> None:
+    store = open_store(database_url)
+    try:
+        head = ScriptDirectory.from_config(_config()).get_current_head()
+        assert store.schema_lag() == f"it has no fluxrun schema yet (this release needs revision {head})"
+        _write_first_release(database_url)
+        assert store.schema_lag() == f"its schema is at revision 0001; this release needs {head}"
+        store.migrate()
+        assert store.schema_lag() is None
+        # A newer release migrated it further: this one goes on (its migrations only add).
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_a_newer_release'"))
+        assert store.schema_lag() is None
+    finally:
+        store.close()

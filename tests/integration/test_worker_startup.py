@@ -83,26 +83,35 @@ def test_warm_up_runs_each_tool_once_and_loading_failures_are_reported(
     assert any(m.startswith("warm-up of desertPixel/Flat-Pixel-Art-FLUX (1024x1024, 2 steps): ") for m in messages)
 
 
-def test_a_worker_serves_and_loads_only_its_tools(tmp_path: Path) -> None:
+def test_a_worker_waits_for_the_schema_then_serves_and_loads_only_its_tools(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert subprocess.run([sys.executable, "-m", "fluxrun", "db", "upgrade", "--data-dir", str(data)],
-                          capture_output=True, timeout=120).returncode == 0
     log_path = tmp_path / "worker.log"
+
+    def wait_for_line(text: str) -> None:
+        deadline = time.monotonic() + 180
+        while text not in log_path.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+
     with log_path.open("wb") as log:
+        # Started before anything migrated the database (processes of a deployment start in any order).
         worker = subprocess.Popen(
             [sys.executable, "-m", "fluxrun", "worker", "--models", "tiny", "--data-dir", str(data),
              "--tools", " Black-Forest-Labs/FLUX-2-flex-t2i "],  # any case, spaces around
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 180
-            while " ready (tiny models on cpu)" not in log_path.read_text():
-                assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+            wait_for_line("waiting for the database: it has no fluxrun schema yet")
+            assert subprocess.run([sys.executable, "-m", "fluxrun", "db", "upgrade", "--data-dir", str(data)],
+                                  capture_output=True, timeout=120).returncode == 0
+            wait_for_line(" ready (tiny models on cpu)")
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
     text = log_path.read_text()
+    # One line while it waited (no traceback each poll), one when the schema was there.
+    assert text.count("waiting for the database") == 1 and "Traceback" not in text
+    assert "Run `fluxrun db upgrade`" in text and "database schema ready" in text
     assert "serving black-forest-labs/flux-2-flex-t2i\n" in text
     assert "backend flux2 ready" in text and "backend flux1" not in text  # the FLUX.1 tools' backend stays unloaded
 
