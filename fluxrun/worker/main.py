@@ -130,7 +130,7 @@ def run_worker(settings: Settings) -> None:
             warm_up(backends, tools, settings.warmup_size_list)
         worker = Worker(settings, store, storage, backends, worker_id=worker_id, on_callback_owed=deliverer.wake,
                         presence=presence, tools=tools)
-        load_moderation(worker.moderation)
+        load_moderation(worker.moderation, [backends.get(tool.backend) for tool in served])
         shutdown.loading = False
         if shutdown.stop.is_set():
             return

@@ -13,9 +13,10 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 from fluxrun.backends import memory
-from fluxrun.backends.base import RecordingJob
+from fluxrun.backends.base import Backend, RecordingJob, moderated_remotely
 from fluxrun.backends.flux1 import BACKEND_NAME as FLUX1
 from fluxrun.backends.lora import configured_sources, lora_setting, source_problem
 from fluxrun import logs
@@ -155,8 +156,12 @@ def say(text: str, level: int) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def load_moderation(moderation: Moderation) -> None:
-    """Load the safety classifier now (not on the first task), or say that there is none."""
+def load_moderation(moderation: Moderation, backends: Sequence[Backend]) -> None:
+    """Load the safety classifier now (not on the first task), or say that there is none;
+    neither when every backend served here relays to an API that moderates itself (a
+    partner-only worker has no image of its own to screen)."""
+    if backends and all(moderated_remotely(backend) for backend in backends):
+        return
     if not moderation.configured:
         say(UNMODERATED_LINE, logging.WARNING)
         return

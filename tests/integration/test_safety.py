@@ -152,14 +152,29 @@ def test_remote_moderation_is_left_to_the_remote_api(models: Path) -> None:
 def test_the_worker_says_at_start_whether_it_moderates(
     models: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    load_moderation(Moderation(None, "cpu", ["nsfw"], 2))
+    local, relay = _Relay(False), _Relay(True)
+    load_moderation(Moderation(None, "cpu", ["nsfw"], 2), [local, relay])
     assert UNMODERATED_LINE in capsys.readouterr().err
     assert "local generation is UNMODERATED (no FLUXRUN_SAFETY_MODEL)" in UNMODERATED_LINE
     caplog.set_level("INFO", logger="fluxrun.worker")
     source = classifier(models, NEVER)
-    load_moderation(Moderation(source, "cpu", ["nsfw"], 3))
+    moderation = Moderation(source, "cpu", ["nsfw"], 3)
+    load_moderation(moderation, [local, relay])
     assert f"safety classifier {source} on cpu (unsafe: nsfw); default safetyTolerance 3" in caplog.text
     assert UNMODERATED_LINE not in capsys.readouterr().err
+
+
+def test_a_worker_that_only_relays_neither_loads_a_classifier_nor_calls_itself_unmoderated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="fluxrun.worker")
+    # A classifier that could not even load: nothing tries to, the partner moderates its own images.
+    moderation = Moderation(str(tmp_path / "no-such-classifier"), "cpu", ["nsfw"], 3)
+    load_moderation(moderation, [_Relay(True)])
+    load_moderation(Moderation(None, "cpu", ["nsfw"], 2), [_Relay(True)])
+    assert caplog.text == "" and UNMODERATED_LINE not in capsys.readouterr().err
+    load_moderation(moderation, [_Relay(True), _Relay(False)])  # one backend generating here: it must load
+    assert "safety classifier unavailable" in caplog.text
 
 
 # -- the worker in-process, on both stores --------------------------------------------------
