@@ -49,3 +49,9 @@ class OutputStorage(ABC):
     def describe(self) -> str:
         """Where the files go, for the operator's start-up lines."""
         return type(self).__name__
+
+    def sweep(self) -> int:
+        """Remove what writes cut short (a worker killed mid-write) left behind; returns how
+        many things went. Workers call it at start. Nothing to do where a write is one request
+        that lands whole or not at all (S3's PUT)."""
+        return 0

@@ -106,6 +106,8 @@ def run_worker(settings: Settings) -> None:
         log.error("output storage cannot be written: %s", exc)
     else:
         log.info("outputs: %s", storage.describe())
+        if swept := storage.sweep():
+            log.info("outputs: removed %d partial file(s) left by writes cut short", swept)
     worker_id = default_worker_id()
     presence = Presence(store, worker_id, [tool.slug for tool in tools], mode, device,
                         settings.worker_heartbeat_seconds, gpu_reader=lambda: gpu_memory(device))

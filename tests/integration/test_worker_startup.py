@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from fluxrun.backends.base import BackendOptions
 from fluxrun.backends.registry import BackendCache, resolve_models_mode
 from fluxrun.config import Settings
 from fluxrun.errors import EXIT_CONFIG, BackendUnavailable
+from fluxrun.storage.local import PARTIAL, PARTIAL_MAX_AGE_SECONDS
 from fluxrun.tools.catalog import find_tool
 from fluxrun.worker.startup import load_all, lora_report, warm_up
 
@@ -83,9 +85,14 @@ def test_warm_up_runs_each_tool_once_and_loading_failures_are_reported(
     assert any(m.startswith("warm-up of desertPixel/Flat-Pixel-Art-FLUX (1024x1024, 2 steps): ") for m in messages)
 
 
-def test_a_worker_waits_for_the_schema_then_serves_and_loads_only_its_tools(tmp_path: Path) -> None:
+def test_a_worker_sweeps_partial_files_waits_for_the_schema_then_serves_and_loads_only_its_tools(tmp_path: Path) -> None:
     data = tmp_path / "data"
     log_path = tmp_path / "worker.log"
+    # What a worker killed mid-write (SIGKILL) left behind: swept at the next start.
+    left = data / "outputs" / PARTIAL / f"{'0' * 40}-0.png.x1y2"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a file")
+    os.utime(left, (time.time() - PARTIAL_MAX_AGE_SECONDS - 60,) * 2)
 
     def wait_for_line(text: str) -> None:
         deadline = time.monotonic() + 180
@@ -113,6 +120,7 @@ def test_a_worker_waits_for_the_schema_then_serves_and_loads_only_its_tools(tmp_
     assert text.count("waiting for the database") == 1 and "Traceback" not in text
     assert "Run `fluxrun db upgrade`" in text and "database schema ready" in text
     assert "serving black-forest-labs/flux-2-flex-t2i\n" in text
+    assert "outputs: removed 1 partial file(s) left by writes cut short" in text and not left.exists()
     assert "backend flux2 ready" in text and "backend flux1" not in text  # the FLUX.1 tools' backend stays unloaded
 
 
