@@ -1,7 +1,8 @@
 """Prometheus metrics for ``GET /metrics``.
 
 Shared state is read from the database at scrape time by ``StoreCollector`` (a few small
-queries; the duration histogram is kept as tasks end, not computed from every finished task), so every API process behind a load balancer reports the same numbers for the
+queries; the duration histogram is kept as tasks end, not computed from every finished
+task), so every API process behind a load balancer reports the same numbers for the
 queue, the workers and the finished tasks, and none of them has to have seen the events:
 
     fluxrun_queue_depth{tool}                      tasks waiting in the queue

@@ -64,12 +64,6 @@ STATUS_TIME: dict[Status, str] = {
 _ATTEMPT_TIMES = [c for s, c in STATUS_TIME.items() if s not in TERMINAL] + ["postprocessstarttime"]
 _RUNNING_VALUES = [s.value for s in RUNNING]
 _MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def _alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    return config
 # A task that leaves a worker's hands, whichever way.
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 # Where a write transaction keeps the events it will publish (on the connection's info).
@@ -83,6 +77,12 @@ def new_token(length: int = 30) -> str:
 def _sources(new: Status) -> list[str]:
     """The statuses from which ``new`` may be reached."""
     return [s.value for s in Status if is_legal(s, new)]
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
 
 
 class SqlTaskStore(DeliveryQueries, WorkerQueries, StatsQueries, LoginQueries, TaskStore):
