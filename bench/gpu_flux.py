@@ -59,7 +59,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from fluxrun.backends import speed  # noqa: E402
-from fluxrun.backends.base import RecordingJob  # noqa: E402
+from fluxrun.backends.base import Backend, BackendOptions, RecordingJob  # noqa: E402
+from fluxrun.backends.lora import lora_setting  # noqa: E402
+from fluxrun.backends.registry import BackendCache  # noqa: E402
 from fluxrun.config import Settings  # noqa: E402
 from fluxrun.tools.catalog import find_tool  # noqa: E402
 from fluxrun.worker.main import backend_options  # noqa: E402
@@ -327,16 +329,15 @@ def once(run: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - started
 
 
-class Resident:
-    """The worker's backend cache, holding the backend built here (for ``warm_up``)."""
+class Prebuilt(BackendCache):
+    """The worker's backend cache, holding backends built here (for ``warm_up`` and the worker)."""
 
-    def __init__(self, name: str, backend: Any) -> None:
-        self._name, self._backend = name, backend
+    def __init__(self, options: BackendOptions, backends: dict[str, Backend]) -> None:
+        super().__init__(options)
+        self._prebuilt = backends
 
-    def get(self, name: str) -> Any:
-        if name != self._name:
-            raise KeyError(name)
-        return self._backend
+    def get(self, name: str) -> Backend:
+        return self._prebuilt[name] if name in self._prebuilt else super().get(name)
 
 
 # -- the runs -------------------------------------------------------------------------------------
@@ -385,13 +386,13 @@ def run_flux1(args: argparse.Namespace, device: str, dtype: torch.dtype, scratch
 
     # 2. fluxrun: the worker's backend over the same modules, with the worker's options on this device.
     for name, path in loras.items():
-        os.environ[f"FLUXRUN_LORA_{name.upper().replace('-', '_')}"] = str(path)
+        os.environ[lora_setting(name)] = str(path)
     options, choice = worker_options(args.compile_backend, device)
     started = time.perf_counter()
     backend = Flux1Backend(options, pipe=pipe)
     setup_s = time.perf_counter() - started
     started = time.perf_counter()
-    warm_up(Resident("flux1", backend), (PIXEL, REALISM), ((width, height),))  # type: ignore[arg-type]
+    warm_up(Prebuilt(options, {"flux1": backend}), (PIXEL, REALISM), ((width, height),))
     warmup_s = time.perf_counter() - started
 
     def request(tool: Any, steps: int) -> Any:
@@ -443,7 +444,7 @@ def run_flux2(args: argparse.Namespace, device: str, dtype: torch.dtype, scratch
     backend = Flux2Backend(options, pipe=pipe)
     setup_s = time.perf_counter() - started
     started = time.perf_counter()
-    warm_up(Resident("flux2", backend), (FLEX,), ((width, height),))  # type: ignore[arg-type]
+    warm_up(Prebuilt(options, {"flux2": backend}), (FLEX,), ((width, height),))
     warmup_s = time.perf_counter() - started
 
     def request(steps: int) -> Any:

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import postgres_schema  # noqa: E402
 
-from fluxrun.backends.base import Backend, BackendOptions, RecordingJob  # noqa: E402
+from fluxrun.backends.base import Backend, RecordingJob  # noqa: E402
+from fluxrun.backends.lora import lora_setting  # noqa: E402
 from fluxrun.backends.registry import BackendCache, resolve_models_mode  # noqa: E402
 from fluxrun.config import Settings  # noqa: E402
 from fluxrun.storage.base import OutputStorage  # noqa: E402
@@ -79,17 +80,6 @@ class SlowStorage(OutputStorage):
         self.local.check()
 
 
-class PrebuiltBackends(BackendCache):
-    """The worker's backend cache holding backends built here (``--models random``)."""
-
-    def __init__(self, options: BackendOptions, backends: dict[str, Backend]) -> None:
-        super().__init__(options)
-        self._prebuilt = backends
-
-    def get(self, name: str) -> Backend:
-        return self._prebuilt[name] if name in self._prebuilt else super().get(name)
-
-
 def random_backends(tool: ToolSpec, device: str, scratch: Path, compile_backend: str) -> BackendCache:
     """The worker's backend for ``tool`` over a random-weight pipeline (see ``--models random``)."""
     from dataclasses import replace
@@ -108,7 +98,7 @@ def random_backends(tool: ToolSpec, device: str, scratch: Path, compile_backend:
         pipe = gpu_flux.build_flux1(not cuda, device, dtype, scratch)
         if tool.lora:  # the tool's LoRA slot, filled with a random LoRA of the usual rank
             lora = gpu_flux.write_lora(pipe.transformer, 64 if cuda else 4, 1, scratch / "lora")
-            os.environ[f"FLUXRUN_LORA_{tool.lora.upper().replace('-', '_')}"] = str(lora)
+            os.environ[lora_setting(tool.lora)] = str(lora)
         options, _ = gpu_flux.worker_options(compile_backend, device)
         backend = Flux1Backend(options, pipe=pipe)
     else:
@@ -119,7 +109,7 @@ def random_backends(tool: ToolSpec, device: str, scratch: Path, compile_backend:
         options = replace(options, flux2_model="klein-4b")
         backend = Flux2Backend(options, pipe=pipe)
     pipe.set_progress_bar_config(disable=True)
-    return PrebuiltBackends(options, {name: backend})
+    return gpu_flux.Prebuilt(options, {name: backend})
 
 
 @dataclass(frozen=True)
